@@ -1,0 +1,82 @@
+"""Quantization per bits, PEFT config building, and module-name validation on the tiny model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lora_tune import model as models
+from lora_tune.config import PeftConfig, QuantConfig
+from lora_tune.embedded import TINY
+
+
+@pytest.fixture(scope="module")
+def loaded() -> dict[int, torch.nn.Module]:
+    return {bits: models.load_base(TINY, QuantConfig(bits=bits)) for bits in (4, 8, 16)}
+
+
+def test_bits_choose_the_layer_type(loaded: dict[int, torch.nn.Module]) -> None:
+    import bitsandbytes as bnb
+
+    layer = {bits: m.model.layers[0].self_attn.q_proj for bits, m in loaded.items()}
+    assert isinstance(layer[4], bnb.nn.Linear4bit)
+    assert layer[4].weight.quant_type == "nf4"
+    assert layer[4].weight.quant_state.nested  # double quantization
+    assert isinstance(layer[8], bnb.nn.Linear8bitLt)
+    assert type(layer[16]) is torch.nn.Linear and layer[16].weight.dtype == torch.float32
+
+
+def test_memory_footprint_ranks_by_bits(loaded: dict[int, torch.nn.Module]) -> None:
+    footprint = {bits: m.get_memory_footprint() for bits, m in loaded.items()}
+    assert footprint[4] < footprint[8] < footprint[16]
+
+
+def test_compute_dtype_is_fp32_on_cpu_unless_asked() -> None:
+    assert models.compute_dtype(QuantConfig(), torch.device("cpu")) == torch.float32
+    assert models.compute_dtype(QuantConfig(compute_dtype="bf16"), torch.device("cpu")) == torch.bfloat16
+
+
+def test_quantization_config_per_bits() -> None:
+    nf4 = models.quantization_config(QuantConfig(bits=4), torch.bfloat16)
+    assert nf4.load_in_4bit and nf4.bnb_4bit_quant_type == "nf4" and nf4.bnb_4bit_use_double_quant
+    assert nf4.bnb_4bit_compute_dtype == torch.bfloat16
+    assert models.quantization_config(QuantConfig(bits=8), torch.float32).load_in_8bit
+    assert models.quantization_config(QuantConfig(bits=16), torch.float32) is None
+
+
+def test_lora_config_from_peft_keys() -> None:
+    cfg = models.peft_config(PeftConfig(r=16, alpha=32, dropout=0.1, target_modules=["q_proj", "v_proj"],
+                                        use_dora=True, use_rslora=True), max_steps=10)
+    assert (cfg.r, cfg.lora_alpha, cfg.lora_dropout) == (16, 32, 0.1)
+    assert set(cfg.target_modules) == {"q_proj", "v_proj"}
+    assert cfg.use_dora and cfg.use_rslora and cfg.task_type == "CAUSAL_LM"
+    assert models.peft_config(PeftConfig(target_modules="all-linear"), 10).target_modules == "all-linear"
+
+
+def test_adalora_config_gets_a_rank_budget() -> None:
+    cfg = models.peft_config(PeftConfig(method="adalora", r=4, adalora_init_r=8), max_steps=100)
+    assert type(cfg).__name__ == "AdaLoraConfig"
+    assert (cfg.init_r, cfg.target_r, cfg.total_step) == (8, 4, 100)
+
+
+@pytest.mark.parametrize("targets,adapted", [
+    (["q_proj", "v_proj"], {"q_proj", "v_proj"}),
+    ("all-linear", {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}),
+])
+@pytest.mark.parametrize("bits", [4, 8, 16])
+def test_adapter_attaches_to_the_requested_modules(bits: int, targets, adapted: set[str]) -> None:
+    base = models.load_base(TINY, QuantConfig(bits=bits))
+    model = models.attach_adapter(base, PeftConfig(r=4, target_modules=targets), QuantConfig(bits=bits), 10)
+    names = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if "lora_A" in n}
+    assert names == adapted
+    trainable, total = models.count_parameters(model)
+    assert 0 < trainable < total
+    assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+
+
+def test_module_names_come_from_the_meta_device() -> None:
+    names = models.linear_module_names(TINY)
+    assert names == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert models.check_target_modules(["q_proj", "attn_qkv"], names)[0].startswith(
+        "peft.target_modules: the model has no module(s) attn_qkv")
+    assert models.check_target_modules("all-linear", names) == []
