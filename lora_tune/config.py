@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import math
 import re
 from dataclasses import dataclass, field, fields
@@ -92,6 +93,9 @@ class ModelConfig:
     name_or_path: str = "embedded:smollm2-135m"  # local dir, GGUF dir, embedded:<name>, or hub id
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
+    # Architecture config for the dry run when the checkpoint is not reachable here (a hub id without a hub):
+    # a config.json path, a folder holding one, or a name shipped in lora_tune/model_configs/ (llama3_8b).
+    config_path: str | None = None
 
     def validate(self, p: _Problems) -> None:
         p.check(isinstance(self.name_or_path, str) and bool(self.name_or_path), "name_or_path",
@@ -126,7 +130,10 @@ class PeftConfig:
         )
         p.check(ok, "target_modules", f"got {tm!r}; accepted: a non-empty list of module names or 'all-linear'")
         if self.method == "adalora":
-            p.check(not self.use_dora, "use_dora", "PEFT cannot combine DoRA with AdaLoRA; accepted: false with adalora")
+            p.check(not self.use_dora, "use_dora",
+                    "PEFT cannot combine DoRA with AdaLoRA; accepted: false with adalora")
+            p.check(not self.use_rslora, "use_rslora",
+                    "PEFT's AdaLoRA ignores rsLoRA scaling (alpha / r always); accepted: false with adalora")
             p.check(_positive_int(self.adalora_init_r) and self.adalora_init_r >= (self.r or 0),
                     "adalora_init_r", "accepted: an integer >= peft.r")
 
@@ -226,6 +233,9 @@ class TrialConfig:
 
     def validate(self, p: _Problems) -> None:
         p.check(_positive_int(self.max_steps), "max_steps", f"got {self.max_steps!r}; accepted: an integer > 0")
+        if self.peft.method == "adalora":  # PEFT's AdaLoRA needs one rank-budget step before its final phase
+            p.check(not _positive_int(self.max_steps) or self.max_steps >= 2, "max_steps",
+                    f"got {self.max_steps!r}; accepted: an integer >= 2 with peft.method=adalora")
         p.check(isinstance(self.seed, int) and not isinstance(self.seed, bool), "seed", "accepted: an integer")
 
     @classmethod
@@ -301,6 +311,7 @@ class ResourcesConfig:
     cpus_per_trial: float = 1
     gpus_per_trial: float = 0
     num_cpus: int | None = None  # local Ray only: CPUs Ray may use; None: all of this machine's
+    gpu_memory_gb: float | None = None  # memory of one GPU, for the dry run's fit check; None: this machine's GPU
 
     def validate(self, p: _Problems) -> None:
         p.check(_is_number(self.cpus_per_trial) and self.cpus_per_trial > 0, "cpus_per_trial",
@@ -309,6 +320,15 @@ class ResourcesConfig:
         ok = ok and (self.gpus_per_trial <= 1 or float(self.gpus_per_trial).is_integer())
         p.check(ok, "gpus_per_trial", "accepted: 0, a fraction of one GPU, or a whole number of GPUs")
         p.check(self.num_cpus is None or _positive_int(self.num_cpus), "num_cpus", "accepted: null or an integer > 0")
+        p.check(self.gpu_memory_gb is None or (_is_number(self.gpu_memory_gb) and self.gpu_memory_gb > 0),
+                "gpu_memory_gb", f"got {self.gpu_memory_gb!r}; accepted: null or a number of GB > 0")
+
+
+def _ray_address(address: Any) -> bool:
+    """auto, HOST:PORT, ray://HOST:PORT (Ray Client) or http(s)://HOST:PORT (a dashboard: Jobs API)."""
+    if not isinstance(address, str):
+        return False
+    return address == "auto" or bool(re.fullmatch(r"((ray|https?)://)?[A-Za-z0-9_.\-\[\]:]+(:\d+)?/?", address))
 
 
 @dataclass(frozen=True)
@@ -316,12 +336,27 @@ class RayConfig:
     address: str | None = None  # None: local Ray; auto/HOST:PORT: join a cluster; http://HOST:8265: submit a job
     storage_path: str | None = None  # where results live; None: output_dir
     max_failures: int = 2  # retries per trial
+    num_to_keep: int = 2  # checkpoints kept per trial (the best by metric and the latest)
+    pip: tuple = ()  # http address only: pip requirements installed for the job; empty: the cluster image's
 
     def validate(self, p: _Problems) -> None:
-        p.check(self.address is None or (isinstance(self.address, str) and self.address.strip() != ""), "address",
-                "accepted: null, auto, HOST:PORT, ray://HOST:PORT or http://HOST:8265")
+        p.check(_positive_int(self.num_to_keep), "num_to_keep", f"got {self.num_to_keep!r}; accepted: an integer > 0")
+        p.check(self.address is None or _ray_address(self.address), "address",
+                f"got {self.address!r}; accepted: null, auto, HOST:PORT, ray://HOST:PORT or http://HOST:8265")
+        p.check(isinstance(self.pip, (list, tuple)) and all(isinstance(r, str) and r for r in self.pip), "pip",
+                f"got {self.pip!r}; accepted: a list of pip requirement strings")
         p.check(isinstance(self.max_failures, int) and self.max_failures >= -1, "max_failures",
                 "accepted: an integer >= -1 (-1: retry forever)")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What the sweep scores on the test split after the winner is picked."""
+
+    baseline: bool = False  # also train the default LoRA (r=8, alpha=16, q_proj+v_proj, 16-bit, same max_steps)
+
+    def validate(self, p: _Problems) -> None:
+        p.check(isinstance(self.baseline, bool), "baseline", f"got {self.baseline!r}; accepted: true, false")
 
 
 @dataclass(frozen=True)
@@ -353,13 +388,16 @@ class SweepConfig(TrialConfig):
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     resume: str | None = None
+    retry_errored: bool = False  # with resume: run errored trials again (from their last checkpoint)
     dry_run: bool = False
     detach: bool = False
+    attach: str | None = None  # http ray.address only: a job id to stream again
     verbose: int = 1  # Ray Tune progress: 0 silent, 1 table every few seconds, 2 per result
 
     _nested = {**TrialConfig._nested, "scheduler": SchedulerConfig, "search_alg": SearchAlgConfig,
-               "resources": ResourcesConfig, "ray": RayConfig, "wandb": WandbConfig}
+               "resources": ResourcesConfig, "ray": RayConfig, "wandb": WandbConfig, "eval": EvalConfig}
 
     def validate(self, p: _Problems) -> None:
         super().validate(p)
@@ -369,6 +407,10 @@ class SweepConfig(TrialConfig):
         p.check(self.mode in MODES, "mode", f"got {self.mode!r}; accepted: min, max")
         p.check(self.metric in TRIAL_METRICS, "metric",
                 f"got {self.metric!r}; accepted (what trials report): {', '.join(TRIAL_METRICS)}")
+        submits = str(self.ray.address or "").startswith(("http://", "https://"))
+        p.check(not self.detach or submits, "detach", "needs a job address; accepted: with ray.address=http://HOST:8265")
+        p.check(self.attach is None or (submits and isinstance(self.attach, str) and bool(self.attach.strip())),
+                "attach", "accepted: a job id, with ray.address=http://HOST:8265")
 
     @classmethod
     def from_dict(cls, data: dict) -> SweepConfig:
@@ -380,6 +422,9 @@ class SweepConfig(TrialConfig):
         if cfg is not None:
             cfg = dataclasses.replace(cfg, search_space=dims)
             problems.extend(_check_space_keys(cfg))
+            problems.extend(_check_space_fits_search_alg(cfg))
+            if not problems:
+                problems.extend(_check_space_combinations(cfg))
         if problems:
             raise ConfigError(problems)
         return cfg
@@ -403,6 +448,57 @@ def _build_space(space: Any, problems: list[str]) -> dict[str, Dimension]:
         if dim is not None:
             dims[name] = dim
     return dims
+
+
+def _check_space_fits_search_alg(cfg: SweepConfig) -> list[str]:
+    """A sweep needs a non-empty space; grid search enumerates, so it takes only choice/grid entries."""
+    if not cfg.search_space:
+        return ["search_space: empty; accepted: at least one entry such as r: {key: peft.r, type: choice, values: [8]}"]
+    if cfg.search_alg.name != "grid":
+        return []
+    return [f"search_space.{name}.type: {dim.type} cannot be enumerated; accepted with search_alg=grid: choice, grid"
+            for name, dim in cfg.search_space.items() if dim.type not in ("choice", "grid")]
+
+
+def _runtime_limits(trial: TrialConfig, on_gpu: bool) -> list[str]:
+    """Combinations that validate but fail when run with PEFT 0.21 + bitsandbytes 0.50."""
+    if trial.peft.use_dora and trial.quant.bits == 8 and not on_gpu:
+        return ["peft.use_dora: DoRA on an 8-bit base fails on CPU (bitsandbytes int8 state); "
+                "accepted: quant.bits 4 or 16 with DoRA, or GPU trials"]
+    return []
+
+
+def _check_space_combinations(cfg: SweepConfig, limit: int = 4096) -> list[str]:
+    """Every combination of searched peft.*/quant.* choices must be a trial PEFT and bitsandbytes can run."""
+    on_gpu = bool(cfg.resources.gpus_per_trial)
+    dims = [d for d in cfg.search_space.values()
+            if d.key.startswith(("peft.", "quant.")) and d.type in ("choice", "grid")]
+    if not dims:
+        return _runtime_limits(cfg, on_gpu)
+    if math.prod(len(d.values) for d in dims) > limit:
+        return []
+    def trial_problems(overrides: dict[str, Any]) -> list[str]:
+        try:
+            return _runtime_limits(cfg.trial_config(overrides), on_gpu)
+        except ConfigError as exc:
+            return exc.problems
+
+    problems: list[str] = []
+    for combo in itertools.product(*(d.values for d in dims)):
+        overrides = {d.key: v for d, v in zip(dims, combo)}
+        found = trial_problems(overrides)
+        if not found:
+            continue
+        for key in list(overrides):  # keep only the values that make it fail
+            rest = {k: v for k, v in overrides.items() if k != key}
+            if trial_problems(rest):
+                overrides = rest
+        shown = ", ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in overrides.items())
+        line = (f"search_space: {shown} cannot run together ({found[0]}); accepted: a space whose every "
+                "combination is valid (split it into separate sweeps)")
+        if line not in problems:
+            problems.append(line)
+    return problems
 
 
 def _check_space_keys(cfg: SweepConfig) -> list[str]:

@@ -78,7 +78,23 @@ def load_base(name_or_path: str, quant: QuantConfig, trust_remote_code: bool = F
         trust_remote_code=trust_remote_code,
     )
     model.config.use_cache = False
+    if quant.bits == 4 and on.type == "cpu":
+        keep_4bit_layout(model)
     return model
+
+
+def keep_4bit_layout(model: Any) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel.
+
+    On CPUs with AVX512-BF16, the first no-grad forward in eval mode repacks a Linear4bit's weights in place,
+    and every later step, training included, then runs different kernels. Training would change numerics after
+    the first evaluation, and a reused base would not match a fresh one. One layout for the whole trial.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def peft_config(cfg: PeftConfig, max_steps: int) -> Any:
@@ -146,3 +162,50 @@ def check_target_modules(target_modules: Any, available: set[str], key: str = "p
         return []
     return [f"{key}: the model has no module(s) {', '.join(unknown)}; accepted: all-linear or a list of "
             f"{', '.join(sorted(available))}"]
+
+
+class BaseModelCache:
+    """The loaded (quantized) base of this process, kept for the next trial that needs the same one.
+
+    Ray Tune reuses trial actors, so a worker process runs trial after trial: loading the base once per
+    (model, bits, compute dtype) and giving each trial a fresh adapter on it saves the load. `release`
+    removes the previous trial's adapter layers (PEFT `unload`, no merge), so the base is bit-for-bit the
+    one that was loaded.
+    """
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.base: Any = None
+        self.adapted: Any = None
+        self.hits = 0
+
+    def acquire(self, name_or_path: str, quant: QuantConfig, trust_remote_code: bool = False) -> Any:
+        """The base for these settings: the cached one when it matches, else freshly loaded."""
+        self.release()
+        key = (resolve_model_path(name_or_path), quant.bits, quant.quant_type, quant.double_quant,
+               compute_dtype(quant), trust_remote_code)
+        if key == self.key:
+            self.hits += 1
+            return self.base
+        self.clear()
+        self.base = load_base(name_or_path, quant, trust_remote_code)
+        self.key = key
+        return self.base
+
+    def adapted_by(self, peft_model: Any) -> None:
+        """Remember the adapter attached to the cached base, to strip it on the next acquire."""
+        self.adapted = peft_model
+
+    def release(self) -> None:
+        if self.adapted is not None:
+            self.base = self.adapted.unload()
+            self.adapted = None
+
+    def clear(self) -> None:
+        """Forget the cached base and free its memory (GPU memory included)."""
+        self.key = self.base = self.adapted = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+BASE_CACHE = BaseModelCache()

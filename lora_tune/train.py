@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from lora_tune import data as task_data
-from lora_tune import evaluate, model as models
+from lora_tune import evaluate
+from lora_tune import model as models
 from lora_tune.config import TrialConfig
 
 Report = Callable[[dict[str, Any], str | None], None]
@@ -70,16 +71,25 @@ def make_optimizer(cfg: TrialConfig, params: list[torch.nn.Parameter]) -> torch.
     return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
 
-def build_state(cfg: TrialConfig, data: task_data.TaskData | None = None, base: Any = None) -> TrialState:
-    """Tokenizer, data, base + fresh adapter, optimizer and LR schedule for `cfg`."""
+def build_state(cfg: TrialConfig, data: task_data.TaskData | None = None, base: Any = None,
+                reuse_base: bool = True) -> TrialState:
+    """Tokenizer, data, base + fresh adapter, optimizer and LR schedule for `cfg`.
+
+    The base comes from `base`, else this process's BASE_CACHE (`reuse_base`), else a fresh load.
+    """
     from transformers import get_scheduler
 
     tokenizer = models.load_tokenizer(cfg.model.name_or_path)
     data = data or task_data.prepare_task_data(tokenizer, cfg.data)
-    seed_everything(cfg.seed)  # the adapter's initialisation depends on it
-    if base is None:
+    cache = models.BASE_CACHE if base is None and reuse_base else None
+    if cache is not None:
+        base = cache.acquire(cfg.model.name_or_path, cfg.quant, cfg.model.trust_remote_code)
+    elif base is None:
         base = models.load_base(cfg.model.name_or_path, cfg.quant, cfg.model.trust_remote_code)
+    seed_everything(cfg.seed)  # the adapter's initialisation depends on it
     model = models.attach_adapter(base, cfg.peft, cfg.quant, cfg.max_steps, cfg.model.gradient_checkpointing)
+    if cache is not None:
+        cache.adapted_by(model)
     optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     scheduler = get_scheduler(cfg.train.lr_scheduler, optimizer,
                               num_warmup_steps=int(cfg.train.warmup_ratio * cfg.max_steps),
@@ -169,15 +179,18 @@ def restore_checkpoint(state: TrialState, checkpoint: Path) -> None:
 
 def run_trial(cfg: TrialConfig, report: Report, resume_from: str | None = None,
               checkpoint_root: str | None = None, num_threads: int | None = None,
-              data: task_data.TaskData | None = None, base: Any = None) -> dict[str, Any]:
+              data: task_data.TaskData | None = None, base: Any = None, reuse_base: bool = True) -> dict[str, Any]:
     """Train one adapter for `cfg.max_steps`, reporting metrics (and a checkpoint) at every evaluation.
 
     Returns the last reported metrics. `report(metrics, checkpoint_dir)` receives a directory that stays
-    valid until the next report. `data` and `base` let a caller share tokenized data or a loaded base.
+    valid until the next report. `data` and `base` let a caller share tokenized data or a loaded base;
+    otherwise the base is reused from the previous trial in this process when it matches (`reuse_base`).
     """
     torch.set_num_threads(cfg.train.num_threads or num_threads or torch.get_num_threads())
     started = time.perf_counter()
-    state = build_state(cfg, data, base)
+    hits = models.BASE_CACHE.hits
+    state = build_state(cfg, data, base, reuse_base)
+    base_reused = models.BASE_CACHE.hits > hits
     resumed_from_step = 0
     if resume_from:
         restore_checkpoint(state, Path(resume_from))
@@ -210,6 +223,7 @@ def run_trial(cfg: TrialConfig, report: Report, resume_from: str | None = None,
             "trainable_params": trainable_params,
             "param_bytes": state.model.get_memory_footprint(),
             "time_to_first_step_s": first_step_s,
+            "base_reused": base_reused,
             "resumed_from_step": resumed_from_step,
         }
         window = {"loss": 0.0, "tokens": 0, "time": 0.0, "steps": 0}

@@ -18,7 +18,9 @@ from lora_tune.config import SweepConfig
 from lora_tune.data import TaskData
 from lora_tune.registry import TrialTracker
 from lora_tune.space import overrides_from_params
-from lora_tune.train import run_trial
+from lora_tune.train import TrialDiverged, run_trial
+
+DIVERGED_MARKER = "diverged.txt"
 
 
 def make_trainable(cfg: SweepConfig) -> Any:
@@ -35,16 +37,53 @@ def make_trainable(cfg: SweepConfig) -> Any:
             checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
             tune.report({**metrics, "node_id": node_id}, checkpoint=checkpoint)
 
+        marker = Path(tune.get_context().get_trial_dir()) / DIVERGED_MARKER
+        if marker.exists():  # a diverged trial diverges again: fail its retries at once
+            raise TrialDiverged(marker.read_text())
         try:
             resume_from = None
             if (checkpoint := tune.get_checkpoint()) is not None:
                 resume_from = checkpoint.to_directory(str(staging / "restored"))
             run_trial(trial_cfg, report, resume_from=resume_from, checkpoint_root=str(staging / "out"),
                       num_threads=threads, data=data)
+        except TrialDiverged as exc:
+            marker.write_text(str(exc))
+            raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+            release_gpu_memory()
 
     return lora_trial
+
+
+def release_gpu_memory() -> None:
+    """Hand the trial's cached CUDA memory back, so the next trial on this GPU (or its share) starts empty."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class FailureCounter(tune.Callback):
+    """Remembers how often each trial failed (Ray restores `num_failures` with the experiment state)."""
+
+    def __init__(self) -> None:
+        self.failures: dict[str, int] = {}
+
+    def _record(self, trial: Any) -> None:
+        self.failures[trial.trial_id] = trial.num_failures
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._record(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._record(trial)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._record(trial)
 
 
 class TrackerCallback(tune.Callback):

@@ -99,8 +99,9 @@ def test_best_adapter_loads_with_peft_and_generates(finished_sweep) -> None:
     del base_logits
 
 
-def test_one_offline_wandb_run_per_trial(finished_sweep) -> None:
+def test_one_offline_wandb_run_per_trial_plus_the_sweep_run(finished_sweep) -> None:
     sweep_dir, _, _ = finished_sweep
     runs = sorted((sweep_dir / "wandb").glob("offline-run-*"))
-    assert len(runs) == 4
+    trial_runs = [run for run in runs if not run.name.endswith("-sweep")]
+    assert len(trial_runs) == 4 and len(runs) == 5
     assert all(list(run.glob("*.wandb")) for run in runs)

@@ -71,3 +71,20 @@ def test_diverging_loss_is_an_error() -> None:
     cfg = dataclasses.replace(cfg, quant=dataclasses.replace(cfg.quant, compute_dtype="fp16"))
     with pytest.raises(TrialDiverged, match="train loss is nan at step 2"):
         collect(cfg)
+
+
+def test_reused_base_gives_identical_results() -> None:
+    from lora_tune.model import BASE_CACHE
+
+    cfg = tiny_trial()
+    cfg = dataclasses.replace(cfg, quant=dataclasses.replace(cfg.quant, bits=4), max_steps=16)
+    BASE_CACHE.clear()
+    fresh = collect(cfg, reuse_base=False)
+    first = collect(cfg)  # loads into the cache
+    other = collect(dataclasses.replace(cfg, peft=dataclasses.replace(cfg.peft, r=4)))  # reuses, other adapter
+    reused = collect(cfg)  # reuses the base the previous trials adapted
+    assert not first[0]["base_reused"] and other[0]["base_reused"] and reused[0]["base_reused"]
+    assert [r["eval_loss"] for r in reused] == [r["eval_loss"] for r in fresh] == [r["eval_loss"] for r in first]
+    assert [r["train_loss"] for r in reused] == [r["train_loss"] for r in fresh]
+    assert other[-1]["trainable_params"] != reused[-1]["trainable_params"]
+    assert not any("lora_" in name for name, _ in BASE_CACHE.base.named_modules()) or BASE_CACHE.adapted

@@ -1,0 +1,163 @@
+"""A real multi-node Ray cluster on 127.0.0.1 for tests (used by tests/test_cluster.py).
+
+Each node is a `ray start --block` from this project's venv in its own session (setsid), so `stop()` ends
+exactly the process groups it started; it never runs `ray stop`, which would end every Ray on the machine.
+Every port is picked free, so it can run next to other Ray instances.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def node_ports() -> list[str]:
+    """Per-node ports that default to fixed numbers (two nodes on one machine would collide)."""
+    flags = ("--node-manager-port", "--object-manager-port", "--dashboard-agent-grpc-port",
+             "--dashboard-agent-listen-port", "--metrics-export-port", "--runtime-env-agent-port")
+    return [arg for flag in flags for arg in (flag, str(free_port()))]
+
+
+@dataclass
+class LocalCluster:
+    """Nodes started by `start_cluster`; `dashboard` is the Jobs API address."""
+
+    gcs_port: int
+    dashboard_port: int
+    env: dict[str, str]
+    temp_dir: Path
+    logs: Path
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def start_node(self, head: bool, num_cpus: int) -> None:
+        cmd = [str(VENV_BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
+               "--num-gpus=0", "--disable-usage-stats", *node_ports()]
+        if head:
+            cmd += ["--head", f"--port={self.gcs_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
+                    f"--dashboard-port={self.dashboard_port}", f"--ray-client-server-port={free_port()}",
+                    f"--temp-dir={self.temp_dir}"]
+        else:  # its own temp dir: nodes sharing one would delete each other's runtime_env packages
+            node_dir = self.temp_dir / f"n{len(self.procs)}"
+            node_dir.mkdir()
+            cmd += [f"--address=127.0.0.1:{self.gcs_port}", f"--temp-dir={node_dir}"]
+        log = open(self.logs / f"node{len(self.procs)}.log", "wb")  # noqa: SIM115 - lives as long as the node
+        self.procs.append(subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                           start_new_session=True, cwd=self.temp_dir))
+
+    def headers(self) -> dict[str, str]:
+        token = self.env.get("RAY_AUTH_TOKEN")
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def alive_nodes(self) -> int:
+        """Nodes the dashboard reports alive (0 while it is not up yet)."""
+        try:
+            reply = requests.get(f"{self.dashboard}/nodes?view=summary", headers=self.headers(), timeout=5)
+            summary = reply.json()["data"]["summary"]
+        except (requests.RequestException, ValueError, KeyError):
+            return 0
+        return sum(1 for node in summary if node.get("raylet", {}).get("state") == "ALIVE")
+
+    def wait_for(self, nodes: int, timeout_s: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.alive_nodes() < nodes:
+            dead = [p for p in self.procs if p.poll() is not None]
+            if dead or time.monotonic() > deadline:
+                tails = "\n".join(p.read_text()[-2000:] for p in sorted(self.logs.glob("node*.log")))
+                self.stop()
+                raise RuntimeError(f"local Ray cluster did not come up with {nodes} nodes:\n{tails}")
+            time.sleep(1.0)
+
+    def stop(self) -> None:
+        """SIGTERM then SIGKILL each node's process group and descendants (only what this cluster started)."""
+        descendants = []
+        for proc in self.procs:
+            with contextlib.suppress(psutil.Error):
+                descendants += psutil.Process(proc.pid).children(recursive=True)
+        for proc in self.procs:
+            with _ignore_missing():
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with _ignore_missing():
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        for proc in self.procs:  # workers that outlived their raylet stay in the node's process group
+            with _ignore_missing():
+                os.killpg(proc.pid, signal.SIGKILL)
+        for child in descendants:  # ... unless they started a session of their own
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        self.procs.clear()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        shutil.rmtree(self.logs, ignore_errors=True)
+
+
+class _ignore_missing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type | None, *_: object) -> bool:
+        return kind is ProcessLookupError or kind is PermissionError
+
+
+def cluster_env(token: str | None) -> dict[str, str]:
+    """The nodes' environment: this venv first on PATH (jobs run `python`), token auth on or off."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "WANDB_", "HF_"))}
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update({"RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"})
+    if token:
+        env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
+    else:
+        env["RAY_AUTH_MODE"] = "disabled"
+    return env
+
+
+def start_cluster(nodes: int = 2, cpus_per_node: int = 1, token: str | None = None) -> LocalCluster:
+    """A head (with the dashboard on 127.0.0.1) plus `nodes - 1` workers, all up and registered."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="lt-ray-", dir="/tmp"))  # short: Ray's socket paths have a limit
+    logs = Path(tempfile.mkdtemp(prefix="lora_tune-cluster-logs-"))
+    cluster = LocalCluster(gcs_port=free_port(), dashboard_port=free_port(), env=cluster_env(token),
+                           temp_dir=temp_dir, logs=logs)
+    cluster.start_node(head=True, num_cpus=cpus_per_node)
+    cluster.wait_for(1)
+    for _ in range(nodes - 1):
+        cluster.start_node(head=False, num_cpus=cpus_per_node)
+    cluster.wait_for(nodes)
+    return cluster
+
+
+if __name__ == "__main__":  # manual check: python -m tests.ray_cluster
+    started = start_cluster()
+    print(f"up: {started.dashboard}, {started.alive_nodes()} nodes; Ctrl-C stops it")
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        started.stop()

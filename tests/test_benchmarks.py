@@ -1,0 +1,80 @@
+"""The benchmark harness end to end in --quick mode on the tiny model: JSON and markdown structure only.
+
+    .venv/bin/python -m pytest -q tests/test_benchmarks.py
+
+Benchmarks are measurements, not tests: nothing here looks at how fast anything was.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import run
+from benchmarks.trials import lora_flops_per_token, mfu
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("bench")
+    run.main(["--quick", "--model", "tiny", "--only", "P2,P5", "--out", str(out)])
+    return json.loads((out / "results.json").read_text()), out
+
+
+def test_json_has_settings_raw_numbers_ratios_targets(quick_results) -> None:
+    report, _ = quick_results
+    assert report["quick"] is True and report["only"] == ["P2", "P5"]
+    assert len(report["load_avg_start"]) == 3 and len(report["load_avg_end"]) == 3
+    tiny = report["models"]["tiny"]
+    assert tiny["settings"]["model"] == "tiny"
+    assert set(tiny["comparisons"]) == {"P2", "P5"}
+    for section in tiny["comparisons"].values():
+        assert "error" not in section, section.get("error")
+        assert {"what", "settings", "raw", "ratio", "target", "met"} <= set(section)
+
+
+def test_first_step_pairs_really_reuse_and_reload_the_base(quick_results) -> None:
+    report, _ = quick_results
+    p2 = report["models"]["tiny"]["comparisons"]["P2"]
+    four = p2["raw"]["4"]
+    assert four["warm_up"]["base_reused"] is False
+    for reused, reloaded in four["pairs"]:
+        assert reused["base_reused"] is True and reloaded["base_reused"] is False
+        assert reused["time_to_first_step_s"] > 0 and reloaded["time_to_first_step_s"] > 0
+    assert four["ratio"] == pytest.approx(four["reused_median_s"] / four["reloaded_median_s"], rel=1e-3)
+    assert isinstance(p2["met"], bool)
+
+
+def test_memory_footprint_shrinks_with_bits(quick_results) -> None:
+    report, _ = quick_results
+    p5 = report["models"]["tiny"]["comparisons"]["P5"]
+    for dtype in ("fp32", "bf16"):
+        sizes = p5["raw"]["bytes"][dtype]
+        assert sizes["4"] < sizes["8"] < sizes["16"]
+    assert p5["raw"]["bytes"]["bf16"]["16"] < p5["raw"]["bytes"]["fp32"]["16"]
+    assert p5["met"] is None  # the target is judged on SmolLM2-135M only
+
+
+def test_markdown_table_has_a_row_per_comparison(quick_results) -> None:
+    _, out = quick_results
+    text = (out / "results.md").read_text()
+    assert "| model | comparison | measured | ratio | target | met |" in text
+    rows = [line for line in text.splitlines() if line.startswith("| tiny |")]
+    assert len(rows) == 2 and any("P2" in r for r in rows) and any("P5" in r for r in rows)
+    assert "## Settings" in text and "Load average" in text
+    assert "4*N_base + 6*N_lora" in text
+
+
+def test_lora_flops_formula_and_mfu_only_with_a_peak() -> None:
+    assert lora_flops_per_token(100, 10, 2, 8, 4.0) == 4 * 100 + 6 * 10 + 12 * 2 * 4.0 * 8
+    assert mfu(1000.0, 2e6, None) is None
+    assert mfu(1000.0, 2e6, 4e9) == pytest.approx(0.5)
+
+
+def test_unknown_comparison_exits_2_naming_the_accepted_ones(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exc:
+        run.main(["--only", "P9"])
+    assert exc.value.code == 2
+    assert "--only: unknown P9; accepted: P1, P2, P3, P4, P5, TPS" in capsys.readouterr().err

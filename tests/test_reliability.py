@@ -1,0 +1,146 @@
+"""Chaos tests with real processes: killed trials resume from checkpoints, a killed driver resumes the sweep."""
+
+from __future__ import annotations
+
+import csv
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).with_name("ray"))
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+@pytest.fixture
+def ray_head(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str]]:
+    """A real single-node Ray head on 127.0.0.1 with token auth, in its own process group so the test stops
+    exactly it. The token reaches the sweep (a child process) and the state API through the environment."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(16))
+    port, dashboard = free_port(), free_port()
+    head = subprocess.Popen(
+        [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats"],
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    try:
+        wait_for_port(port)
+        wait_for_port(dashboard)  # the state API is served by the dashboard
+        time.sleep(2)  # the raylet registers shortly after the GCS answers
+        yield f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}"
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
+
+
+def sweep_command(out: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "lora_tune.sweep", "experiment=tiny", f"output_dir={out}", "sweep_name=chaos",
+            "wandb.mode=disabled", "scheduler=fifo", "data.max_train_examples=32", "data.exact_match_examples=0",
+            "train.eval_every=4", *overrides]
+
+
+def progress(sweep_dir: Path) -> dict[str, dict]:
+    """Last progress row of each trial (Ray Tune writes progress.csv per trial dir)."""
+    rows = {}
+    for path in sweep_dir.glob("lora_trial_*/progress.csv"):
+        with open(path, newline="") as handle:
+            lines = list(csv.DictReader(handle))
+        if lines:
+            rows[lines[-1]["trial_id"]] = lines[-1]
+    return rows
+
+
+def results(sweep_dir: Path) -> list[dict]:
+    with open(sweep_dir / "results.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def alive_trial_pids(address: str) -> set[int]:
+    """PIDs of running trial actors, from Ray's state API."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=address, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
+    return {a.pid for a in actors if a.class_name == "ImplicitFunc"}
+
+
+def test_killed_trials_resume_from_their_checkpoints(ray_head: tuple[str, str], tmp_path: Path) -> None:
+    address, state_api = ray_head
+    out = tmp_path / "runs"
+    sweep = subprocess.Popen(sweep_command(out, "num_samples=8", "max_steps=48", f"ray.address={address}"),
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)
+    killed: dict[str, int] = {}
+    deadline = time.time() + 300
+    try:
+        while len(killed) < 3 and time.time() < deadline and sweep.poll() is None:
+            alive = alive_trial_pids(state_api)
+            for trial_id, row in progress(out / "chaos").items():
+                step, pid = int(row["step"]), int(row["pid"])
+                if trial_id not in killed and 8 <= step < 40 and pid in alive and len(killed) < 3:
+                    os.kill(pid, signal.SIGKILL)
+                    killed[trial_id] = step
+            time.sleep(0.5)
+        output, _ = sweep.communicate(timeout=600)
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+    assert len(killed) == 3, f"could not kill 3 running trials: {killed}"
+    assert sweep.returncode == 0, output[-3000:]
+    rows = {r["trial_id"]: r for r in results(out / "chaos")}
+    assert len(rows) == 8 and all(r["status"] == "TERMINATED" and r["steps"] == "48" for r in rows.values())
+    for trial_id in killed:
+        assert int(rows[trial_id]["resumed_from_step"]) > 0, rows[trial_id]
+        assert int(rows[trial_id]["failures"]) >= 1
+    untouched = [r for t, r in rows.items() if t not in killed]
+    assert all(int(r["failures"]) == 0 and r["resumed_from_step"] == "0" for r in untouched)
+
+
+def test_killed_driver_resumes_and_accounts_for_every_trial_once(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    driver = subprocess.Popen(sweep_command(out, "num_samples=6", "max_steps=32"), cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and driver.poll() is None:
+            done = [r for r in progress(out / "chaos").values() if r["step"] == "32"]
+            if len(done) >= 2:
+                break
+            time.sleep(0.5)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        driver.wait()
+    assert not (out / "chaos" / "results.csv").exists(), "the sweep finished before it could be killed"
+    resumed = subprocess.run([sys.executable, "-m", "lora_tune.sweep", f"resume={out / 'chaos'}"], cwd=REPO,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    rows = results(out / "chaos")
+    ids = [r["trial_id"] for r in rows]
+    assert len(ids) == 6 and len(set(ids)) == 6
+    assert all(r["status"] == "TERMINATED" and r["steps"] == "32" for r in rows)
+    assert (out / "chaos" / "best" / "adapter" / "adapter_model.safetensors").exists()
+    assert resumed.stdout.strip().splitlines()[-1].startswith("lora_tune: winner ")

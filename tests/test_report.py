@@ -1,0 +1,95 @@
+"""`python -m lora_tune.report`: sorted table, PNG plots and report.md from a real tiny sweep (with the
+default-LoRA baseline evaluated on the test split)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lora_tune.report import main as report_main
+from tests.conftest import REPO, with_space
+
+PLOTS = ("curves.png", "metric_vs_hyperparameters.png", "memory_vs_metric.png")
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 trials one at a time (ASHA stops the lr=1e-6 ones), then the baseline; eval.baseline=true."""
+    from lora_tune.sweep import compose_config, run_sweep
+
+    out = tmp_path_factory.mktemp("report")
+    cfg = compose_config(["experiment=tiny", f"output_dir={out}", "sweep_name=rep", "wandb.mode=offline",
+                          "num_samples=2", "search_alg.max_concurrent=1", "data.max_train_examples=16",
+                          "eval.baseline=true"])
+    cfg = with_space(cfg, lr={"key": "train.lr", "type": "grid", "values": [3e-2, 1e-6]},
+                     bits={"key": "quant.bits", "type": "choice", "values": [4, 16]})
+    run_sweep(dataclasses.replace(cfg, verbose=0))
+    return out / "rep"
+
+
+def test_summary_compares_base_default_lora_and_winner(sweep_dir: Path) -> None:
+    test = json.loads((sweep_dir / "best" / "summary.json").read_text())["test"]
+    for key in ("base_exact_match", "default_lora_exact_match", "winner_exact_match"):
+        assert 0 <= test[key] <= 1
+    assert test["default_lora_steps"] == 12  # the sweep's max_steps: the same budget as every trial
+    assert test["default_lora"] == {"peft.r": 8, "peft.alpha": 16, "peft.target_modules": ["q_proj", "v_proj"],
+                                    "peft.use_dora": False, "peft.use_rslora": False, "quant.bits": 16}
+    assert test["default_lora_eval_loss"] > 0
+
+
+def test_report_prints_the_sorted_table_and_writes_plots(sweep_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    report_main([str(sweep_dir)])
+    lines = capsys.readouterr().out.strip().splitlines()
+    header = lines[0].split()
+    losses = [float(line.split()[header.index("eval_loss")]) for line in lines[1:-1]]
+    assert len(losses) == 4 and losses == sorted(losses)
+    assert lines[-1] == f"lora_tune: report {sweep_dir / 'report.md'} (plots next to it)"
+    import matplotlib.image
+
+    for name in PLOTS:
+        image = matplotlib.image.imread(sweep_dir / name)
+        assert image.shape[0] > 300 and image.shape[1] > 500
+        assert image.std() > 0.05  # something was drawn
+
+
+def test_report_md_embeds_the_plots_and_the_evaluation(sweep_dir: Path) -> None:
+    report_main([str(sweep_dir)])
+    text = (sweep_dir / "report.md").read_text()
+    for name in PLOTS:
+        assert f"]({name})" in text
+    summary = json.loads((sweep_dir / "best" / "summary.json").read_text())
+    assert "default LoRA (r=8, alpha=16, q_proj+v_proj, 16-bit, same steps)" in text
+    assert f"winner ({summary['trial_id']})" in text
+    assert text.count("| TERMINATED |") == 4
+
+
+def test_curves_come_from_ray_trial_dirs_and_mark_asha_stops(sweep_dir: Path) -> None:
+    from lora_tune.plots import curves_figure, load_histories
+
+    rows = json.loads((sweep_dir / "results.json").read_text())
+    histories = load_histories(sweep_dir)
+    assert set(histories) == {r["trial_id"] for r in rows}
+    for row in rows:
+        assert histories[row["trial_id"]][-1]["step"] == row["steps"]
+    stopped = [r for r in rows if r["stopped_early"]]
+    assert stopped, "ASHA stopped no trial"
+    fig = curves_figure(histories, rows, "eval_loss", None)
+    marks = [tuple(point) for c in fig.axes[0].collections for point in c.get_offsets()]
+    expected = sorted((r["steps"], histories[r["trial_id"]][-1]["eval_loss"]) for r in stopped)
+    assert [m[0] for m in sorted(marks)] == [e[0] for e in expected]
+    assert [m[1] for m in sorted(marks)] == pytest.approx([e[1] for e in expected])
+    assert "stopped by ASHA" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+
+
+@pytest.mark.parametrize("target", ["/nonexistent/sweep", "tests"])
+def test_bad_sweep_dir_is_a_one_line_error(target: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "lora_tune.report", target], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("lora_tune: error: ") and "accepted: a finished sweep dir" in done.stderr
