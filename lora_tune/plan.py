@@ -11,7 +11,7 @@ variant): frozen weights as bitsandbytes stores them, adapter weights + gradient
 activations for one micro-batch (fused attention assumed; with gradient checkpointing only layer inputs are
 kept), logits, a fixed runtime overhead, and on CPU for 4/8 bits the checkpoint read while quantizing.
 Checked against measured peak RSS of SmolLM2-135M trials on CPU (all-linear r=8, batch 4 x 80 tokens):
-estimate 2.08 / 2.24 / 2.29 GB vs measured 2.00 / 2.33 / 2.41 GB at 16 / 4 / 8 bits.
+estimate 2.08 / 2.24 / 2.29 GB vs measured 2.00 / 2.10-2.33 / 2.41 GB at 16 / 4 / 8 bits.
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def activation_bytes(config: Any, trial: TrialConfig, dtype_bytes: int) -> float
 
 def loading_bytes(config: Any, model: Any, trial: TrialConfig, device: str) -> float:
     """CPU trials quantizing on load keep the checkpoint's pages resident too (measured on SmolLM2-135M:
-    peak RSS 2.33 GB at 4 bits and 2.41 GB at 8 bits vs 2.0 GB at 16 bits); on GPUs that copy is in host RAM."""
+    peak RSS 2.1-2.33 GB at 4 bits and 2.41 GB at 8 bits vs 2.0 GB at 16 bits); on GPUs that copy is in host RAM."""
     if device != "cpu" or trial.quant.bits not in (4, 8):
         return 0.0
     stored = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32")
