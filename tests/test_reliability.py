@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import secrets
 import signal
@@ -80,12 +81,20 @@ def results(sweep_dir: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def alive_trial_pids(address: str) -> set[int]:
-    """PIDs of running trial actors, from Ray's state API."""
-    from ray.util.state import list_actors
+ALIVE_TRIAL_PIDS = """
+import json, sys
+from ray.util.state import list_actors
+actors = list_actors(address=sys.argv[1], filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
+print(json.dumps([a.pid for a in actors if a.class_name == "ImplicitFunc"]))
+"""
 
-    actors = list_actors(address=address, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
-    return {a.pid for a in actors if a.class_name == "ImplicitFunc"}
+
+def alive_trial_pids(state_api: str) -> set[int]:
+    """PIDs of running trial actors, from Ray's state API. Asked from a fresh process: Ray reads its auth
+    settings once per process, and other tests in this session may have imported Ray without a token."""
+    done = subprocess.run([sys.executable, "-c", ALIVE_TRIAL_PIDS, state_api], capture_output=True, text=True,
+                          timeout=60, check=True)
+    return set(json.loads(done.stdout))
 
 
 def test_killed_trials_resume_from_their_checkpoints(ray_head: tuple[str, str], tmp_path: Path) -> None:
