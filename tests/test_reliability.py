@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -153,3 +154,55 @@ def test_killed_driver_resumes_and_accounts_for_every_trial_once(tmp_path: Path)
     assert all(r["status"] == "TERMINATED" and r["steps"] == "32" for r in rows)
     assert (out / "chaos" / "best" / "adapter" / "adapter_model.safetensors").exists()
     assert resumed.stdout.strip().splitlines()[-1].startswith("lora_tune: winner ")
+
+
+def kill_node(proc: subprocess.Popen) -> None:
+    """SIGKILL one `ray start` node: its process group and every descendant (its raylet and workers)."""
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    for child in descendants:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    proc.wait()
+
+
+def test_losing_a_worker_node_mid_sweep_reschedules_its_trials(tmp_path: Path) -> None:
+    from tests.ray_cluster import start_cluster
+
+    cluster = start_cluster(nodes=2, cpus_per_node=1, token=secrets.token_hex(16))
+    out = tmp_path / "runs"
+    try:
+        sweep = subprocess.Popen(
+            sweep_command(out, "num_samples=4", "max_steps=64", f"ray.address=127.0.0.1:{cluster.gcs_port}"),
+            cwd=REPO, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True)
+        deadline = time.time() + 300
+        while time.time() < deadline and sweep.poll() is None:
+            running = [r for r in progress(out / "chaos").values() if 8 <= int(r["step"]) < 48]
+            if len({r["node_id"] for r in running}) == 2:  # a trial on each node has checkpointed
+                break
+            time.sleep(0.5)
+        head_node = cluster_head_node_id(cluster)
+        kill_node(cluster.procs[1])
+        output, _ = sweep.communicate(timeout=900)
+    finally:
+        cluster.stop()
+    assert sweep.returncode == 0, output[-3000:]
+    rows = results(out / "chaos")
+    assert len(rows) == 4 and all(r["status"] == "TERMINATED" and r["steps"] == "64" for r in rows)
+    moved = [r for r in rows if int(r["failures"]) >= 1]
+    assert moved, "no trial was running on the lost node"
+    assert all(r["node_id"] == head_node and int(r["resumed_from_step"]) > 0 for r in moved)
+
+
+def cluster_head_node_id(cluster) -> str:
+    """The head's node id, from the dashboard (the head is the node started with --head)."""
+    import requests
+
+    reply = requests.get(f"{cluster.dashboard}/nodes?view=summary", headers=cluster.headers(), timeout=10)
+    nodes = reply.json()["data"]["summary"]
+    return next(n["raylet"]["nodeId"] for n in nodes if n["raylet"].get("isHeadNode"))
