@@ -401,7 +401,8 @@ class SweepConfig(TrialConfig):
 
     def validate(self, p: _Problems) -> None:
         super().validate(p)
-        p.check(bool(re.fullmatch(r"[A-Za-z0-9_.=-]+", str(self.sweep_name))), "sweep_name",
+        p.check(isinstance(self.sweep_name, str) and bool(re.fullmatch(r"[A-Za-z0-9_.=-]+", self.sweep_name)),
+                "sweep_name",
                 f"got {self.sweep_name!r}; accepted: letters, digits and _ . = -")
         p.check(_positive_int(self.num_samples), "num_samples", f"got {self.num_samples!r}; accepted: an integer >= 1")
         p.check(self.mode in MODES, "mode", f"got {self.mode!r}; accepted: min, max")

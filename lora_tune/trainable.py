@@ -31,15 +31,15 @@ def make_trainable(cfg: SweepConfig) -> Any:
         logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per report
         trial_cfg = cfg.trial_config(overrides_from_params(params, cfg.search_space))
         node_id = ray.get_runtime_context().get_node_id()
+        marker = Path(tune.get_context().get_trial_dir()) / DIVERGED_MARKER
+        if marker.exists():  # a diverged trial diverges again: fail its retries at once
+            raise TrialDiverged(marker.read_text())
         staging = Path(tempfile.mkdtemp(prefix="lora_tune-trial-"))
 
         def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
             checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
             tune.report({**metrics, "node_id": node_id}, checkpoint=checkpoint)
 
-        marker = Path(tune.get_context().get_trial_dir()) / DIVERGED_MARKER
-        if marker.exists():  # a diverged trial diverges again: fail its retries at once
-            raise TrialDiverged(marker.read_text())
         try:
             resume_from = None
             if (checkpoint := tune.get_checkpoint()) is not None:

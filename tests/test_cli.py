@@ -60,6 +60,7 @@ BAD_INPUTS = [
     (["model.name_or_path=/nonexistent/model"], "model.name_or_path", "cannot read"),
     (["wandb.mode=sometimes"], "wandb.mode", "online, offline, disabled"),
     (["sweep_name=a b"], "sweep_name", "letters, digits"),
+    (["sweep_name=nan"], "sweep_name", "letters, digits"),  # YAML reads nan as a float
     (["peft.method=adalora", "peft.use_dora=true"], "peft.use_dora", "false with adalora"),
     (["ray.address=127.0.0.1:1"], "ray.address", "HOST:PORT of a running cluster"),
     (["output_dir={a_file}/runs"], "output_dir", "folder this user can create"),
