@@ -68,7 +68,7 @@ def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
         if key not in names:
             problems.append(f"{prefix}{key}: unknown key; accepted: {', '.join(sorted(names))}")
     kwargs = {k: v for k, v in data.items() if k in names}
-    nested = getattr(cls, "_nested", {})
+    nested = nested_sections(cls)
     for name, sub_cls in nested.items():
         kwargs[name] = _build(sub_cls, data.get(name), f"{prefix}{name}.", problems)
         if kwargs[name] is None:
@@ -78,6 +78,12 @@ def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
     obj.validate(found)
     problems.extend(found.items)
     return obj
+
+
+def nested_sections(cls: type) -> dict[str, type]:
+    """The fields of `cls` that are config sections themselves (their default is a dataclass)."""
+    return {f.name: f.default_factory for f in fields(cls)
+            if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory)}
 
 
 def _is_number(value: Any) -> bool:
@@ -228,8 +234,6 @@ class TrialConfig:
     max_steps: int = 60
     seed: int = 0
 
-    _nested = {"model": ModelConfig, "peft": PeftConfig, "quant": QuantConfig, "data": DataConfig,
-               "train": TrainConfig}
 
     def validate(self, p: _Problems) -> None:
         p.check(_positive_int(self.max_steps), "max_steps", f"got {self.max_steps!r}; accepted: an integer > 0")
@@ -395,9 +399,6 @@ class SweepConfig(TrialConfig):
     detach: bool = False
     attach: str | None = None  # http ray.address only: a job id to stream again
     verbose: int = 1  # Ray Tune progress: 0 silent, 1 table every few seconds, 2 per result
-
-    _nested = {**TrialConfig._nested, "scheduler": SchedulerConfig, "search_alg": SearchAlgConfig,
-               "resources": ResourcesConfig, "ray": RayConfig, "wandb": WandbConfig, "eval": EvalConfig}
 
     def validate(self, p: _Problems) -> None:
         super().validate(p)

@@ -334,31 +334,31 @@ def export_adapter(result: Any, cfg: SweepConfig, best_dir: Path) -> Path:
     return best_dir / "adapter"
 
 
-def evaluate_on_test(cfg: SweepConfig, trial_cfg: Any, adapter: Path) -> dict[str, Any]:
-    """Base vs winner exact match on the test split, as a Ray task with a trial's resources."""
+def run_after_trials(resources: Any, fn: Callable, *args: Any) -> Any:
+    """`fn(*args, threads)` as a Ray task with one trial's resources (a GPU on a cluster). It runs once the trials
+    are done, so it may use every CPU Ray was given."""
     import ray
 
+    task = ray.remote(fn).options(num_cpus=resources.cpus_per_trial, num_gpus=resources.gpus_per_trial)
+    threads = max(1, int(resources.num_cpus or os.cpu_count() or 1))
+    return ray.get(task.remote(*args, threads))
+
+
+def evaluate_on_test(cfg: SweepConfig, trial_cfg: Any, adapter: Path) -> dict[str, Any]:
+    """Base vs winner exact match on the test split."""
     from lora_tune.evaluate import compare_on_test
 
-    task = ray.remote(compare_on_test).options(num_cpus=cfg.resources.cpus_per_trial,
-                                               num_gpus=cfg.resources.gpus_per_trial)
-    threads = max(1, int(cfg.resources.num_cpus or os.cpu_count() or 1))
-    return ray.get(task.remote(trial_cfg, str(adapter), threads))
+    return run_after_trials(cfg.resources, compare_on_test, trial_cfg, str(adapter))
 
 
 def evaluate_baseline(cfg: SweepConfig) -> dict[str, Any]:
-    """eval.baseline: train + score the default LoRA (baseline.py) as a Ray task with a trial's resources."""
-    import ray
-
+    """eval.baseline: train + score the default LoRA (baseline.py)."""
     from lora_tune.baseline import default_lora_config, missing_modules, train_and_score
 
     missing = missing_modules(cfg)
     if missing:
         return {"default_lora_skipped": f"the model has no {', '.join(missing)}"}
-    task = ray.remote(train_and_score).options(num_cpus=cfg.resources.cpus_per_trial,
-                                               num_gpus=cfg.resources.gpus_per_trial)
-    threads = max(1, int(cfg.resources.num_cpus or os.cpu_count() or 1))
-    return ray.get(task.remote(default_lora_config(cfg), threads))
+    return run_after_trials(cfg.resources, train_and_score, default_lora_config(cfg))
 
 
 def finish(cfg: SweepConfig, grid: Any, sweep_dir: Path, tracker: Any,
