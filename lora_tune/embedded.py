@@ -16,10 +16,10 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from lora_tune.atomic import atomic_directory
 
 EMBEDDED_PREFIX = "embedded:"
 SMOLLM2 = "embedded:smollm2-135m"
@@ -89,12 +89,8 @@ def _write_atomically(target: Path, write) -> Path:
     with _locked(target):
         if (target / "config.json").exists():
             return target
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        try:
+        with atomic_directory(target) as tmp:
             write(tmp)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, NoReturn
 
+from lora_tune.atomic import atomic_directory
 from lora_tune.report import SweepDirError, read_summary
 
 DTYPES = ("bfloat16", "float16", "float32")
@@ -67,9 +66,7 @@ def export(sweep_dir: Path, out: Path | None = None, dtype: str = "bfloat16") ->
     trust = bool(summary.get("config", {}).get("model", {}).get("trust_remote_code", False))
     model = merged_model(summary["base_model"], adapter, dtype, trust)
     target = out or sweep_dir / "best" / "merged"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with atomic_directory(target) as tmp:
         model.save_pretrained(tmp)
         load_tokenizer(summary["base_model"]).save_pretrained(tmp)
         provenance = {"base_model": summary["base_model"], "adapter": str(adapter), "trial_id": summary["trial_id"],
@@ -79,11 +76,6 @@ def export(sweep_dir: Path, out: Path | None = None, dtype: str = "bfloat16") ->
         for path in tmp.rglob("*"):
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
         os.chmod(tmp, 0o755)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

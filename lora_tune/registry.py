@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from lora_tune import __version__
+from lora_tune.atomic import write_atomic
 from lora_tune.config import WandbConfig, flatten
-from lora_tune.report import columns, write_atomic
+from lora_tune.report import columns
 
 PENDING_LINKS = "pending_links.json"
 # Logged at every report, against the trial's `step`.

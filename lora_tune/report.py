@@ -13,23 +13,13 @@ import csv
 import io
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from lora_tune.atomic import write_atomic
+
 LEADING_COLUMNS = ["trial_id", "status", "stopped_early", "steps", "eval_loss", "eval_exact_match"]
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file + rename so readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-    os.replace(tmp, path)
 
 
 def columns(rows: list[dict[str, Any]]) -> list[str]:

@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -27,9 +26,10 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from lora_tune import __version__
+from lora_tune.atomic import atomic_directory, write_atomic
 from lora_tune.config import ConfigError, SweepConfig, to_dict
 from lora_tune.redaction import redact
-from lora_tune.report import write_atomic, write_results
+from lora_tune.report import write_results
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Trial processes inherit these: quiet libraries, no tokenizer thread pools fighting the trial's threads.
@@ -320,17 +320,8 @@ def pick_winner(rows: list[dict[str, Any]], cfg: SweepConfig) -> dict[str, Any] 
 def export_adapter(result: Any, cfg: SweepConfig, best_dir: Path) -> Path:
     """Copy the winner's best checkpoint adapter to best/adapter atomically (temp dir + rename)."""
     checkpoint = result.get_best_checkpoint(cfg.metric, cfg.mode) or result.checkpoint
-    best_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".adapter-", dir=best_dir))
-    try:
-        with checkpoint.as_directory() as local:
-            shutil.copytree(Path(local) / "adapter", tmp / "adapter")
-        target = best_dir / "adapter"
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp / "adapter", target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_directory(best_dir / "adapter") as tmp, checkpoint.as_directory() as local:
+        shutil.copytree(Path(local) / "adapter", tmp, dirs_exist_ok=True)
     return best_dir / "adapter"
 
 

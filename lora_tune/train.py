@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import resource
 import shutil
@@ -30,6 +29,7 @@ import torch
 from lora_tune import data as task_data
 from lora_tune import evaluate
 from lora_tune import model as models
+from lora_tune.atomic import atomic_directory
 from lora_tune.config import TrialConfig
 
 Report = Callable[[dict[str, Any], str | None], None]
@@ -141,21 +141,17 @@ def peak_memory_mb() -> float:
 
 def save_checkpoint(state: TrialState, root: Path, metrics: dict[str, Any]) -> Path:
     """Write adapter + optimizer/scheduler/RNG/step under root/step-N, atomically (temp dir + rename)."""
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state.step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
-    state.model.save_pretrained(tmp / ADAPTER_DIR)
-    torch.save({
-        "step": state.step,
-        "optimizer": state.optimizer.state_dict(),
-        "scheduler": state.scheduler.state_dict(),
-        "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-    }, tmp / STATE_FILE)
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with atomic_directory(final) as tmp:
+        state.model.save_pretrained(tmp / ADAPTER_DIR)
+        torch.save({
+            "step": state.step,
+            "optimizer": state.optimizer.state_dict(),
+            "scheduler": state.scheduler.state_dict(),
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        }, tmp / STATE_FILE)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return final
 
 
