@@ -13,7 +13,7 @@ from typing import Any
 
 from benchmarks.settings import BenchSettings
 from lora_tune.config import SweepConfig
-from lora_tune.sweep import compose_config
+from lora_tune.compose import compose_config
 
 
 def compose(s: BenchSettings, out: Path, name: str, extra: list[str] | None = None) -> SweepConfig:

@@ -7,7 +7,8 @@
     python -m lora_tune.jobs status raysubmit_XXXX --address http://HEAD:8265
     python -m lora_tune.jobs fetch raysubmit_XXXX --address http://HEAD:8265 --dest runs   # copy the sweep dir here
 
-The job ships this project as its `working_dir` (without .venv, runs/, caches, .git, .env or key files) and runs
+The job ships lora_tune (the package with its configs and task data), your `--config-dir` folders and a local
+`data.path` as its `working_dir` (never .venv, runs/, caches, .git, .env or key files) and runs
 `python -m lora_tune.sweep <your overrides> ray.address=auto` on the head node. Token authentication: the token
 comes from RAY_AUTH_TOKEN, else the file named by RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token (Ray's own order)
 and is sent as an `Authorization: Bearer` header; it is never printed or written anywhere.
@@ -32,8 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from lora_tune import __version__
+from lora_tune.config import is_uri
+from lora_tune.errors import fail
+from lora_tune.shipped import CONF_DIR, DATA_DIR, IN_CHECKOUT, PACKAGE_DIR
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 # Never shipped to the cluster (gitignore syntax, relative to the project): environments, results, caches,
 # version control, and anything that may hold a credential.
 EXCLUDES = [
@@ -52,6 +55,8 @@ CLUSTER_OUTPUT_ROOT = "~/lora_tune"  # relative output_dir on the cluster: under
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 ARCHIVE_BEGIN, ARCHIVE_END = "LORA_TUNE_ARCHIVE_BEGIN", "LORA_TUNE_ARCHIVE_END"
 MAX_FETCH_BYTES = 256 * 2**20
+MAX_SHIPPED_DATA_BYTES = 100 * 2**20  # a local data.path larger than this belongs in object storage
+USER_CONF, USER_DATA = "user_conf", "user_data"  # where the job's working_dir holds what the laptop ships
 
 
 class JobError(Exception):
@@ -144,14 +149,63 @@ def cluster_output(output_dir: str, storage_path: str | None) -> str:
     return f"{CLUSTER_OUTPUT_ROOT}/{output_dir}"
 
 
-def entrypoint(overrides: list[str], sweep_name: str, output: str) -> str:
-    """The cluster's command: the user's overrides, joining the cluster the job runs on."""
-    kept = [o for o in overrides if override_key(o) not in LAPTOP_ONLY_KEYS]
+def entrypoint(overrides: list[str], sweep_name: str, output: str, config_dirs: int = 0,
+               data_path: str | None = None) -> str:
+    """The cluster's command: the user's overrides, joining the cluster the job runs on, with the shipped config
+    dirs and data (relative to the job's working_dir)."""
+    laptop_only = LAPTOP_ONLY_KEYS | ({"data.path"} if data_path else set())
+    kept = [o for o in overrides if override_key(o) not in laptop_only]
     pinned = ["ray.address=auto", f"sweep_name={sweep_name}", f"output_dir='{output}'"]
-    return " ".join(["python", "-m", "lora_tune.sweep", *(shlex.quote(o) for o in kept + pinned)])
+    pinned += [f"data.path='{data_path}'"] if data_path else []
+    dirs = [f"--config-dir={USER_CONF}/{i}" for i in range(config_dirs)]
+    return " ".join(["python", "-m", "lora_tune.sweep", *dirs, *(shlex.quote(o) for o in kept + pinned)])
 
 
-def runtime_env(pip: list[str] | None = None, working_dir: Path = PROJECT_DIR) -> dict[str, Any]:
+def stage_working_dir(stage: Path, config_dirs: list[str], data_path: str | None) -> str | None:
+    """Assemble the job's working_dir in `stage`: the package (with conf/ and data/ beside it in a checkout),
+    the user's config dirs and a local data.path. Returns the data path relative to the working_dir, if shipped."""
+    import shutil
+
+    ignore = shutil.ignore_patterns(*EXCLUDES)
+    shutil.copytree(PACKAGE_DIR, stage / "lora_tune", ignore=ignore)
+    if IN_CHECKOUT:
+        shutil.copytree(CONF_DIR, stage / "conf", ignore=ignore)
+        shutil.copytree(DATA_DIR, stage / "data", ignore=ignore)
+    for i, folder in enumerate(config_dirs):
+        shutil.copytree(Path(folder).expanduser(), stage / USER_CONF / str(i), ignore=ignore)
+    if not data_path:
+        return None
+    source = Path(data_path).expanduser()
+    size = sum(p.stat().st_size for p in source.rglob("*")) if source.is_dir() else source.stat().st_size
+    if size > MAX_SHIPPED_DATA_BYTES:
+        raise JobError(f"data.path: {source} is {size >> 20} MB, more than a job ships ({MAX_SHIPPED_DATA_BYTES >> 20} "
+                       "MB); accepted: a hub dataset id, or a path on the cluster's shared storage")
+    target = stage / USER_DATA / source.name
+    target.parent.mkdir(parents=True)
+    if source.is_dir():
+        shutil.copytree(source, target, ignore=ignore)
+    else:
+        shutil.copy2(source, target)
+    return f"{USER_DATA}/{source.name}"
+
+
+@contextlib.contextmanager
+def staged_env(pip: list[str] | None = None, config_dirs: list[str] | None = None,
+               data_path: str | None = None) -> Iterator[tuple[dict[str, Any], str | None]]:
+    """(the job's runtime_env, the shipped data path) with its working_dir staged in a temp folder."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="lora_tune-job-") as stage:
+        shipped = stage_working_dir(Path(stage), list(config_dirs or []), data_path)
+        yield runtime_env(pip, Path(stage)), shipped
+
+
+def shipped_data_path(path: str) -> str | None:
+    """A data.path that exists on this machine and must travel with the job (not a shipped task or a hub id)."""
+    return path if not path.startswith("embedded:") and not is_uri(path) and Path(path).expanduser().exists() else None
+
+
+def runtime_env(pip: list[str] | None, working_dir: Path) -> dict[str, Any]:
     """The project as working_dir (secrets, environments and results excluded), optional pip deps, credentials."""
     env: dict[str, Any] = {"working_dir": str(working_dir), "excludes": list(EXCLUDES)}
     if pip:
@@ -162,17 +216,18 @@ def runtime_env(pip: list[str] | None = None, working_dir: Path = PROJECT_DIR) -
     return env
 
 
-def submit(overrides: list[str], cfg: Any) -> int:
-    """Submit the sweep described by the Hydra `overrides` (cfg: the validated SweepConfig); returns the exit code."""
+def submit(overrides: list[str], cfg: Any, config_dirs: list[str] | None = None) -> int:
+    """Submit the sweep described by the Hydra `overrides` (cfg: the validated SweepConfig; config_dirs: the
+    user's --config-dir folders, shipped with it); returns the exit code."""
     cluster = Cluster(cfg.ray.address)
     if getattr(cfg, "attach", None):
         return follow(cluster, cfg.attach)
     output = cluster_output(cfg.output_dir, cfg.ray.storage_path)
-    command = entrypoint(overrides, cfg.sweep_name, output)
-    metadata = {"lora_tune_sweep_name": cfg.sweep_name, "lora_tune_output": output,
-                "lora_tune_version": __version__}
-    job_id = cluster.call("submit_job", entrypoint=command, runtime_env=runtime_env(cfg.ray.pip),
-                          metadata=metadata)
+    with staged_env(cfg.ray.pip, config_dirs, shipped_data_path(cfg.data.path)) as (env, data_path):
+        command = entrypoint(overrides, cfg.sweep_name, output, len(config_dirs or []), data_path)
+        metadata = {"lora_tune_sweep_name": cfg.sweep_name, "lora_tune_output": output,
+                    "lora_tune_version": __version__}
+        job_id = cluster.call("submit_job", entrypoint=command, runtime_env=env, metadata=metadata)
     note(f"submitted job {job_id} to {cluster.address}: {command}")
     if cfg.detach:
         note(f"detached; follow it with `python -m lora_tune.sweep ray.address={cluster.address} attach={job_id}`, "
@@ -260,15 +315,12 @@ def pack(sweep_dir: str) -> int:
     """On the cluster: print the sweep dir (without checkpoints) as a base64 tar.gz between markers."""
     root = Path(sweep_dir).expanduser()
     if not root.is_dir():
-        print(f"lora_tune: error: {root} does not exist on the cluster", file=sys.stderr)
-        return 2
+        fail(f"{root} does not exist on the cluster")
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         tar.add(root, arcname=".", filter=keep_in_archive)
     if buffer.tell() > MAX_FETCH_BYTES:
-        print(f"lora_tune: error: {root} is {buffer.tell() >> 20} MB without checkpoints; copy it from "
-              "ray.storage_path instead", file=sys.stderr)
-        return 2
+        fail(f"{root} is {buffer.tell() >> 20} MB without checkpoints; copy it from ray.storage_path instead")
     print(ARCHIVE_BEGIN)
     sys.stdout.write(base64.encodebytes(buffer.getvalue()).decode())
     print(ARCHIVE_END, flush=True)
@@ -276,26 +328,47 @@ def pack(sweep_dir: str) -> int:
 
 
 def fetch(cluster: Cluster, job_id: str, dest: Path) -> Path:
-    """Copy a sweep job's directory (results, best adapter, summary; no checkpoints) into dest/<sweep_name>."""
+    """Copy a sweep job's results (results, best adapter, summary, W&B offline runs; no checkpoints) into
+    dest/<sweep_name>: straight from object storage when the sweep lives there, else through a packing job."""
     meta = cluster.call("get_job_info", job_id).metadata or {}
     if "lora_tune_sweep_name" not in meta:
         raise JobError(f"job: {job_id} is not a lora_tune sweep job; accepted: a job id submitted by lora_tune.sweep")
     remote = f"{meta['lora_tune_output'].rstrip('/')}/{meta['lora_tune_sweep_name']}"
-    pack_id = cluster.call("submit_job", entrypoint=f"python -m lora_tune.jobs pack {shlex.quote(remote)}",
-                           runtime_env=runtime_env(), metadata={"lora_tune_fetch": job_id})
+    target = dest / meta["lora_tune_sweep_name"]
+    if is_uri(remote):
+        return download_sweep(remote, target)
+    with staged_env() as (env, _):
+        pack_id = cluster.call("submit_job", entrypoint=f"python -m lora_tune.jobs pack {shlex.quote(remote)}",
+                               runtime_env=env, metadata={"lora_tune_fetch": job_id})
     info = wait(cluster, pack_id, timeout_s=600.0)
     logs = cluster.call("get_job_logs", pack_id)
     if str(info.status) != "SUCCEEDED" or ARCHIVE_BEGIN not in logs:
         last = (logs.strip().splitlines() or ["no output"])[-1]
         raise JobError(f"job: cannot fetch {remote} from the cluster ({last})")
     payload = logs.split(ARCHIVE_BEGIN, 1)[1].split(ARCHIVE_END, 1)[0]
-    target = dest / meta["lora_tune_sweep_name"]
     target.mkdir(parents=True, exist_ok=True)
     try:
         with tarfile.open(fileobj=io.BytesIO(base64.b64decode(payload)), mode="r:gz") as tar:
             tar.extractall(target, filter="data")
     except (tarfile.TarError, ValueError) as exc:
         raise JobError(f"job: the archive of {remote} is unreadable ({exc})") from None
+    return target
+
+
+def download_sweep(location: str, target: Path) -> Path:
+    """A sweep in object storage, without its checkpoints and Ray's trial state, into `target`."""
+    from lora_tune.storage import StorageError, Store
+
+    try:
+        store = Store.at(location)
+        names = [n for n in store.files() if not n.startswith("lora_trial_") and "/checkpoint_" not in f"/{n}"]
+        if "results.json" not in names:
+            raise JobError(f"job: {location} has no results yet; accepted: a finished sweep job")
+        for name in names:
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            (target / name).write_bytes(store.read_bytes(name))
+    except StorageError as exc:
+        raise JobError(f"job: cannot fetch {location} ({exc})") from None
     return target
 
 
@@ -334,8 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_command(parse_args(argv))
     except JobError as exc:
-        print(f"lora_tune: error: {exc}", file=sys.stderr)
-        return 2
+        fail(str(exc))
 
 
 if __name__ == "__main__":

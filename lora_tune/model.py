@@ -1,8 +1,8 @@
 """The model side of a trial: load the base (quantized by bitsandbytes when asked), attach a PEFT adapter.
 
-One code path; `quant.bits` chooses: 4 = NF4 with double quantization, 8 = LLM.int8, 16 = plain LoRA
-(bf16 on GPUs that support it, fp32 on CPU). Module names for validation come from the model's config
-on the meta device, so no weights are loaded.
+One code path; `quant.bits` chooses: 4 = NF4 with double quantization, 8 = LLM.int8, 16 = plain LoRA; the
+compute dtype follows train.precision (precision.py). Module names for validation come from the model's config
+on the meta device, so no weights are loaded; symbolic target sets are resolved by targets.py.
 """
 
 from __future__ import annotations
@@ -12,32 +12,22 @@ from typing import Any
 
 import torch
 
-from lora_tune.config import PeftConfig, QuantConfig
+from lora_tune import memory, targets
+from lora_tune import precision as precisions
+from lora_tune.config import PeftConfig, QuantConfig, TrialConfig
 from lora_tune.embedded import resolve_model_path
 
 # bitsandbytes' int8 matmul announces a cast on every call; the cast is expected.
 warnings.filterwarnings("ignore", message=".*MatMul8bitLt: inputs will be cast.*")
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def device() -> torch.device:
-    """The trial's device: its first visible GPU (Ray sets CUDA_VISIBLE_DEVICES) or the CPU."""
+def default_device() -> torch.device:
+    """A process's device when nothing else says: its first visible GPU (Ray sets CUDA_VISIBLE_DEVICES) or the CPU."""
     return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def compute_dtype(quant: QuantConfig, on: torch.device | None = None) -> torch.dtype:
-    """bf16 on GPUs that have it, fp32 on CPU (and on older GPUs), unless quant.compute_dtype says otherwise."""
-    if quant.compute_dtype != "auto":
-        return DTYPES[quant.compute_dtype]
-    on = on or device()
-    if on.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
-
-
-def quantization_config(quant: QuantConfig, dtype: torch.dtype) -> Any:
-    """The BitsAndBytesConfig for 4/8 bits, None for 16."""
+def quantization_config(quant: QuantConfig, dtype: torch.dtype, fsdp: bool = False) -> Any:
+    """The BitsAndBytesConfig for 4/8 bits, None for 16. Under FSDP the 4-bit weights are stored in the compute
+    dtype (bnb_4bit_quant_storage), which FSDP can shard like any other floating-point tensor."""
     from transformers import BitsAndBytesConfig
 
     if quant.bits == 4:
@@ -46,6 +36,7 @@ def quantization_config(quant: QuantConfig, dtype: torch.dtype) -> Any:
             bnb_4bit_quant_type=quant.quant_type,
             bnb_4bit_use_double_quant=quant.double_quant,
             bnb_4bit_compute_dtype=dtype,
+            **({"bnb_4bit_quant_storage": dtype} if fsdp else {}),
         )
     if quant.bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
@@ -61,24 +52,24 @@ def load_tokenizer(name_or_path: str) -> Any:
     return tokenizer
 
 
-def load_base(name_or_path: str, quant: QuantConfig, trust_remote_code: bool = False) -> Any:
-    """The frozen base model on the trial's device, quantized per `quant.bits`."""
+def load_base(name_or_path: str, quant: QuantConfig, precision: precisions.Precision | None = None,
+              device: torch.device | None = None, trust_remote_code: bool = False, fsdp: bool = False) -> Any:
+    """The frozen base model on `device`, quantized per `quant.bits`; its non-quantized weights (or all of them, at
+    16 bits) in the compute dtype (quant.compute_dtype, or the precision's: train.precision=auto by default)."""
     from transformers import AutoModelForCausalLM
 
-    on = device()
-    dtype = compute_dtype(quant, on)
-    device_map: Any = {"": on.index or 0} if on.type == "cuda" else {"": "cpu"}
-    if on.type == "cuda" and torch.cuda.device_count() > 1:
-        device_map = "auto"  # multi-GPU trial: spread the layers over the trial's GPUs
+    device = device or default_device()
+    precision = precision or precisions.resolve("auto", device)
+    dtype = precisions.compute_dtype(quant.compute_dtype, precision)
     model = AutoModelForCausalLM.from_pretrained(
         resolve_model_path(name_or_path),
         dtype=dtype,
-        quantization_config=quantization_config(quant, dtype),
-        device_map=device_map,
+        quantization_config=quantization_config(quant, dtype, fsdp),
+        device_map={"": device.index or 0} if device.type == "cuda" else {"": "cpu"},
         trust_remote_code=trust_remote_code,
     )
     model.config.use_cache = False
-    if quant.bits == 4 and on.type == "cpu":
+    if quant.bits == 4 and device.type == "cpu":
         keep_4bit_layout(model)
     return model
 
@@ -97,15 +88,16 @@ def keep_4bit_layout(model: Any) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def peft_config(cfg: PeftConfig, max_steps: int) -> Any:
-    """LoraConfig (or AdaLoraConfig for peft.method=adalora) from the peft.* keys."""
+def peft_config(cfg: PeftConfig, max_steps: int, model: Any) -> Any:
+    """LoraConfig (or AdaLoraConfig for peft.method=adalora) from the peft.* keys, with the target modules
+    resolved against `model`'s own module names (a loaded model or one on the meta device)."""
     from peft import AdaLoraConfig, LoraConfig
 
     common = dict(
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
-        target_modules=cfg.target_list(),
+        target_modules=targets.resolve(cfg.target_modules, targets.linear_modules(model), model_type(model)),
         bias=cfg.bias,
         use_rslora=cfg.use_rslora,
         task_type="CAUSAL_LM",
@@ -123,17 +115,40 @@ def peft_config(cfg: PeftConfig, max_steps: int) -> Any:
     return LoraConfig(use_dora=cfg.use_dora, **common)
 
 
-def attach_adapter(base: Any, cfg: PeftConfig, quant: QuantConfig, max_steps: int,
-                   gradient_checkpointing: bool = False) -> Any:
-    """Wrap the base with a fresh, trainable PEFT adapter (after k-bit preparation for 4/8 bits)."""
-    from peft import get_peft_model, prepare_model_for_kbit_training
+def model_type(model: Any) -> str | None:
+    return getattr(getattr(model, "config", None), "model_type", None)
 
-    if quant.bits in (4, 8):
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
-    elif gradient_checkpointing:
-        base.gradient_checkpointing_enable()
-        base.enable_input_require_grads()
-    return get_peft_model(base, peft_config(cfg, max_steps))
+
+def attach_adapter(base: Any, cfg: PeftConfig, max_steps: int, gradient_checkpointing: bool = False) -> Any:
+    """Freeze the base and wrap it with a fresh, trainable PEFT adapter (fp32 weights, PEFT's default).
+
+    Unlike peft's prepare_model_for_kbit_training, the base's non-quantized weights keep their dtype: in bf16 /
+    fp16 precision they stay half precision, so activations are too (precision.py)."""
+    from peft import get_peft_model
+
+    for param in base.parameters():
+        param.requires_grad = False
+    if gradient_checkpointing:  # non-reentrant: no need to make the inputs require grad
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return get_peft_model(base, peft_config(cfg, max_steps, base))
+
+
+def load_with_adapter(cfg: TrialConfig, adapter_dir: str | None,
+                      device: torch.device | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer) for scoring or generating: the base quantized as `cfg` says, in the precision the trial
+    trained with on this device, plus the adapter in `adapter_dir` (frozen) unless it is None. The tokenizer has
+    the chat template the data used."""
+    from peft import PeftModel
+
+    from lora_tune.data import with_chat_template
+
+    device = device or default_device()
+    tokenizer = with_chat_template(load_tokenizer(cfg.model.name_or_path), cfg.data)
+    precision = precisions.resolve(cfg.train.precision, device)
+    base = load_base(cfg.model.name_or_path, cfg.quant, precision, device, cfg.model.trust_remote_code)
+    if adapter_dir is None:
+        return base, tokenizer
+    return PeftModel.from_pretrained(base, str(adapter_dir)), tokenizer
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
@@ -142,35 +157,40 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
-def linear_module_names(name_or_path: str, trust_remote_code: bool = False) -> set[str]:
-    """Leaf names of the model's Linear layers (q_proj, v_proj, ...), read on the meta device."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def architecture(name_or_path: str, trust_remote_code: bool = False) -> Any:
+    """The transformers config of a checkpoint (no weights)."""
+    from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(resolve_model_path(name_or_path), trust_remote_code=trust_remote_code)
+    return AutoConfig.from_pretrained(resolve_model_path(name_or_path), trust_remote_code=trust_remote_code)
+
+
+def meta_model(config: Any, trust_remote_code: bool = False) -> Any:
+    """The model with every tensor on the meta device: module names and shapes without memory."""
+    from transformers import AutoModelForCausalLM
+
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    return {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-            if isinstance(module, torch.nn.Linear) and name != "lm_head" and not name.endswith(".lm_head")}
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
 
 
-def check_target_modules(target_modules: Any, available: set[str], key: str = "peft.target_modules") -> list[str]:
-    """Problems for target modules the model does not have."""
-    if target_modules == "all-linear":
-        return []
-    unknown = [m for m in target_modules if m not in available]
-    if not unknown:
-        return []
-    return [f"{key}: the model has no module(s) {', '.join(unknown)}; accepted: all-linear or a list of "
-            f"{', '.join(sorted(available))}"]
+def check_targets(model: Any, peft: PeftConfig, space: dict[str, Any]) -> list[str]:
+    """Problems with peft.target_modules and every searched target value, for this model (meta is enough)."""
+    names, kind = targets.linear_modules(model), model_type(model)
+    problems = targets.check(peft.target_modules, names, kind)
+    for name, dim in space.items():
+        if dim.key == "peft.target_modules":
+            for value in dim.values or []:
+                if value != peft.target_modules:  # a pinned value is reported once, under peft.target_modules
+                    problems += targets.check(value, names, kind, f"search_space.{name}.values")
+    return problems
 
 
 class BaseModelCache:
     """The loaded (quantized) base of this process, kept for the next trial that needs the same one.
 
     Ray Tune reuses trial actors, so a worker process runs trial after trial: loading the base once per
-    (model, bits, compute dtype) and giving each trial a fresh adapter on it saves the load. `release`
-    removes the previous trial's adapter layers (PEFT `unload`, no merge), so the base is bit-for-bit the
-    one that was loaded.
+    (model, bits, compute dtype, device) and giving each trial a fresh adapter on it saves the load. `release`
+    removes the previous trial's adapter layers (PEFT `unload`, no merge), so the base is bit-for-bit the one that
+    was loaded. A process never holds two bases: the old one is freed (CUDA cache included) before another loads.
     """
 
     def __init__(self) -> None:
@@ -179,16 +199,17 @@ class BaseModelCache:
         self.adapted: Any = None
         self.hits = 0
 
-    def acquire(self, name_or_path: str, quant: QuantConfig, trust_remote_code: bool = False) -> Any:
+    def acquire(self, name_or_path: str, quant: QuantConfig, precision: precisions.Precision, device: torch.device,
+                trust_remote_code: bool = False, fsdp: bool = False) -> Any:
         """The base for these settings: the cached one when it matches, else freshly loaded."""
         self.release()
         key = (resolve_model_path(name_or_path), quant.bits, quant.quant_type, quant.double_quant,
-               compute_dtype(quant), trust_remote_code)
+               precisions.compute_dtype(quant.compute_dtype, precision), str(device), trust_remote_code, fsdp)
         if key == self.key:
             self.hits += 1
             return self.base
         self.clear()
-        self.base = load_base(name_or_path, quant, trust_remote_code)
+        self.base = load_base(name_or_path, quant, precision, device, trust_remote_code, fsdp)
         self.key = key
         return self.base
 
@@ -204,8 +225,7 @@ class BaseModelCache:
     def clear(self) -> None:
         """Forget the cached base and free its memory (GPU memory included)."""
         self.key = self.base = self.adapted = None
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        memory.release(default_device())
 
 
 BASE_CACHE = BaseModelCache()

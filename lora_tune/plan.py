@@ -25,10 +25,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lora_tune.config import ConfigError, Dimension, SweepConfig, TrialConfig
+from lora_tune.config import Dimension, SweepConfig, TrialConfig
+from lora_tune.errors import ConfigError, fail
+from lora_tune.shipped import MODEL_CONFIGS_DIR as SHIPPED_CONFIGS
 
 GB = 1024**3
-SHIPPED_CONFIGS = Path(__file__).resolve().parent / "model_configs"
 # Searched keys that change the trainable parameters or the weight memory: one row per combination.
 CLASS_KEYS = ("quant.bits", "peft.r", "peft.target_modules", "peft.use_dora", "peft.method")
 # Searched keys that change activation memory: the plan takes the worst case.
@@ -109,26 +110,17 @@ def load_architecture(model_cfg: Any) -> tuple[Any, str]:
     return config, source
 
 
-def meta_model(config: Any, trust_remote_code: bool = False) -> Any:
-    """The model with every tensor on the meta device: shapes without memory."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-
-
 def trainable_params(config: Any, trial: TrialConfig) -> int:
     """Trainable parameters after PEFT attaches the trial's adapter (on the meta device)."""
     import torch
     from peft import get_peft_model
 
-    from lora_tune.model import peft_config
+    from lora_tune.model import meta_model, peft_config
 
     model = meta_model(config, trial.model.trust_remote_code)
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        wrapped = get_peft_model(model, peft_config(trial.peft, trial.max_steps))
+        wrapped = get_peft_model(model, peft_config(trial.peft, trial.max_steps, model))
     return sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
 
 
@@ -139,10 +131,8 @@ def is_quantizable(name: str, module: Any) -> bool:
 
 
 def weight_bytes(model: Any, trial: TrialConfig, dtype_bytes: int) -> float:
-    """Frozen base weights as stored: bnb 4-bit (+ absmax), 8-bit (+ row scales), the rest in float.
-
-    prepare_model_for_kbit_training casts the non-quantized parameters (embeddings, norms, lm_head) to fp32.
-    """
+    """Frozen base weights as stored: bnb 4-bit (+ absmax), 8-bit (+ row scales), the rest (embeddings, norms,
+    lm_head; everything at 16 bits) in the compute dtype."""
     quant = trial.quant
     linear = {id(m.weight) for n, m in model.named_modules() if is_quantizable(n, m)}
     total = 0.0
@@ -154,7 +144,7 @@ def weight_bytes(model: Any, trial: TrialConfig, dtype_bytes: int) -> float:
         elif quant.bits == 8 and id(param) in linear:
             total += n + param.shape[0] * 4
         else:
-            total += n * (4 if quant.bits in (4, 8) else dtype_bytes)
+            total += n * dtype_bytes
     return total
 
 
@@ -184,10 +174,8 @@ def loading_bytes(config: Any, model: Any, trial: TrialConfig, device: str) -> f
 
 
 def compute_bytes(trial: TrialConfig, device: str) -> int:
-    from lora_tune.model import DTYPES
-
     if trial.quant.compute_dtype != "auto":
-        return DTYPES[trial.quant.compute_dtype].itemsize
+        return 4 if trial.quant.compute_dtype == "fp32" else 2
     return 2 if device == "cuda" else 4  # bf16 on GPUs, fp32 on CPU
 
 
@@ -283,17 +271,12 @@ def describe(name: str, dim: Dimension) -> str:
 
 def make_plan(cfg: SweepConfig) -> Plan:
     """Everything the dry run prints; raises ConfigError for target modules the model does not have."""
-    from lora_tune.model import check_target_modules
+    from lora_tune.model import check_targets, meta_model
     from lora_tune.space import encode_value, space_size
 
     config, source = load_architecture(cfg.model)
     model = meta_model(config, cfg.model.trust_remote_code)
-    modules = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if is_quantizable(n, m)}
-    problems = check_target_modules(cfg.peft.target_modules, modules)
-    for name, dim in cfg.search_space.items():
-        if dim.key == "peft.target_modules":
-            for value in dim.values or []:
-                problems += check_target_modules(value, modules, f"search_space.{name}.values")
+    problems = check_targets(model, cfg.peft, cfg.search_space)
     if problems:
         raise ConfigError(problems)
     device = "cuda" if cfg.resources.gpus_per_trial else "cpu"
@@ -368,11 +351,11 @@ def print_plan(cfg: SweepConfig) -> Plan:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from lora_tune.sweep import compose_config, fail
+    from lora_tune.compose import compose_config, split_config_dirs
 
-    cfg = compose_config(list(sys.argv[1:] if argv is None else argv), fail)
+    config_dirs, args = split_config_dirs(list(sys.argv[1:] if argv is None else argv))
     try:
-        print_plan(replace(cfg, dry_run=True))
+        print_plan(replace(compose_config(args, config_dirs), dry_run=True))
     except ConfigError as exc:
         fail(exc.problems)
 

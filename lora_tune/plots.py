@@ -1,13 +1,12 @@
 """PNG plots of a finished sweep, drawn with matplotlib's Agg backend (no display needed).
 
-Used by `python -m lora_tune.report <sweep_dir>`: validation curves per trial with ASHA stops marked (from
-the `result.json` Ray Tune writes in each trial folder), the metric against each searched hyperparameter,
-and peak memory against the metric by base precision.
+Used by `python -m lora_tune.report <sweep>`: validation curves per trial with ASHA stops marked (from the
+`result.json` Ray Tune writes in each trial folder, read by results.trial_histories), the metric against each
+searched hyperparameter, and peak memory against the metric by base precision.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -17,25 +16,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
+from lora_tune.results import finite  # noqa: E402
+
 BITS_COLORS = {4: "tab:blue", 8: "tab:orange", 16: "tab:green"}
-
-
-def load_histories(sweep_dir: Path) -> dict[str, list[dict[str, Any]]]:
-    """trial_id -> its reported results in order, read from <trial dir>/result.json (JSON lines)."""
-    histories: dict[str, list[dict[str, Any]]] = {}
-    for path in sorted(sweep_dir.glob("*/result.json")):
-        for line in path.read_text().splitlines():
-            try:
-                result = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a killed trial
-            if isinstance(result, dict) and result.get("trial_id") and "step" in result:
-                histories.setdefault(result["trial_id"], []).append(result)
-    return {trial: sorted(results, key=lambda r: r["step"]) for trial, results in histories.items()}
-
-
-def finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def plot_curves(histories: dict[str, list[dict]], rows: list[dict], metric: str, winner: str | None,
@@ -136,12 +119,12 @@ def save(fig: Any, path: Path) -> Path:
     return path
 
 
-def write_plots(sweep_dir: Path, rows: list[dict], metric: str, hparams: list[str], winner: str | None,
-                default_bits: int | None) -> list[Path]:
-    """All the report's plots, written into the sweep dir; returns their paths."""
-    histories = load_histories(sweep_dir)
+def write_plots(out: Path, histories: dict[str, list[dict]], rows: list[dict], metric: str, hparams: list[str],
+                winner: str | None, default_bits: int | None) -> list[Path]:
+    """All the report's plots, written into `out`; returns their paths. `histories`: trial_id -> its reports
+    (results.trial_histories)."""
     return [
-        plot_curves(histories, rows, metric, winner, sweep_dir / "curves.png"),
-        plot_hparams(rows, hparams, metric, sweep_dir / "metric_vs_hyperparameters.png"),
-        plot_memory(rows, metric, default_bits, sweep_dir / "memory_vs_metric.png"),
+        plot_curves(histories, rows, metric, winner, out / "curves.png"),
+        plot_hparams(rows, hparams, metric, out / "metric_vs_hyperparameters.png"),
+        plot_memory(rows, metric, default_bits, out / "memory_vs_metric.png"),
     ]

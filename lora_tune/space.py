@@ -1,17 +1,16 @@
-"""Search-space entries (conf/search_space/*.yaml) -> ray.tune domains, and sampled values -> config overrides.
+"""Search-space entries (conf/search_space/*.yaml): sampled values -> config overrides, results columns, size.
 
-Each entry names the config key it sets (`key: peft.r`) and a domain (`type: choice`, `values: [...]`).
-List values (target module lists) are encoded as "+"-joined strings, so every search algorithm
-(Optuna included) sees plain categorical values and results stay readable: `q_proj+v_proj`.
+Pure Python; tuner.py turns the entries into ray.tune domains. Each entry names the config key it sets
+(`key: peft.r`) and a domain (`type: choice`, `values: [...]`). List values (target module lists) are encoded as
+"+"-joined strings, so every search algorithm (Optuna included) sees plain categorical values and results stay
+readable: `q_proj+v_proj`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ray import tune
-
-from lora_tune.config import ConfigError, Dimension
+from lora_tune.config import Dimension
 
 LIST_SEPARATOR = "+"
 
@@ -22,33 +21,6 @@ def encode_value(value: Any) -> Any:
 
 def decode_value(value: Any) -> Any:
     return value.split(LIST_SEPARATOR) if isinstance(value, str) and LIST_SEPARATOR in value else value
-
-
-def to_domain(dim: Dimension, grid: bool = False) -> Any:
-    """One dimension as a ray.tune domain; `grid` turns categorical choices into grid_search."""
-    if dim.type in ("choice", "grid"):
-        values = [encode_value(v) for v in dim.values]
-        return tune.grid_search(values) if grid or dim.type == "grid" else tune.choice(values)
-    if grid:
-        raise ConfigError([f"search_space: {dim.key} is {dim.type}; search_alg=grid accepts only choice/grid entries"])
-    low, high, q = dim.low, dim.high, dim.q
-    makers = {
-        "uniform": lambda: tune.uniform(low, high),
-        "quniform": lambda: tune.quniform(low, high, q),
-        "loguniform": lambda: tune.loguniform(low, high),
-        "qloguniform": lambda: tune.qloguniform(low, high, q),
-        "randint": lambda: tune.randint(int(low), int(high)),
-        "qrandint": lambda: tune.qrandint(int(low), int(high), int(q)),
-        "lograndint": lambda: tune.lograndint(int(low), int(high)),
-    }
-    return makers[dim.type]()
-
-
-def param_space(dims: dict[str, Dimension], grid: bool = False) -> dict[str, Any]:
-    """The Tuner's param_space: {config key: domain}, e.g. {"peft.r": tune.choice([4, 8])}."""
-    if not dims:
-        raise ConfigError(["search_space: empty; accepted: at least one entry such as r: {key: peft.r, ...}"])
-    return {dim.key: to_domain(dim, grid) for dim in dims.values()}
 
 
 def overrides_from_params(params: dict[str, Any], dims: dict[str, Dimension]) -> dict[str, Any]:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from lora_tune.compose import compose_config
 from lora_tune.config import Dimension, SweepConfig
-from lora_tune.sweep import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -23,8 +23,8 @@ import pytest
 import yaml
 
 from lora_tune import jobs
+from lora_tune.compose import compose_config
 from lora_tune.config import ConfigError
-from lora_tune.sweep import compose_config
 from tests.ray_cluster import LocalCluster, start_cluster
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,12 +38,15 @@ TINY = ["experiment=tiny", "data.max_train_examples=32", "data.test_examples=4",
 
 def test_entrypoint_forwards_overrides_and_composes_on_the_cluster(tmp_path: Path) -> None:
     overrides = ["experiment=tiny", "ray.address=http://10.0.0.1:8265", "detach=true", "sweep_name=mine",
-                 "peft.target_modules=[q_proj,v_proj]", "output_dir=elsewhere"]
-    command = jobs.entrypoint(overrides, "pinned", str(tmp_path / "out"))
+                 "peft.target_modules=[q_proj,v_proj]", "output_dir=elsewhere", "ray.shared_fs=true",
+                 "data.path=/laptop/only/mine.jsonl"]
+    command = jobs.entrypoint(overrides, "pinned", str(tmp_path / "out"), config_dirs=1,
+                              data_path=str(REPO / "data" / "dates"))
     argv = shlex.split(command)
-    assert argv[:3] == ["python", "-m", "lora_tune.sweep"]
+    assert argv[:4] == ["python", "-m", "lora_tune.sweep", f"--config-dir={jobs.USER_CONF}/0"]
     assert "ray.address=auto" in argv and "detach=true" not in argv and "sweep_name=pinned" in argv
-    cfg = compose_config(argv[3:])  # what the cluster composes
+    assert f"data.path='{REPO / 'data' / 'dates'}'" in argv and "data.path=/laptop/only/mine.jsonl" not in argv
+    cfg = compose_config(argv[4:])  # what the cluster composes
     assert cfg.ray.address == "auto" and not cfg.detach and cfg.sweep_name == "pinned"
     assert cfg.output_dir == str(tmp_path / "out") and list(cfg.peft.target_modules) == ["q_proj", "v_proj"]
 
@@ -68,7 +71,7 @@ def package(working_dir: Path, tmp_path: Path) -> set[str]:
     """The files Ray's own packager uploads for jobs.runtime_env (zip names)."""
     from ray._private.runtime_env.packaging import create_package
 
-    env = jobs.runtime_env(working_dir=working_dir)
+    env = jobs.runtime_env(None, working_dir)
     target = tmp_path / f"{working_dir.name}.zip"
     # .gitignore not consulted: the excludes alone must keep environments, results and secrets out.
     create_package(env["working_dir"], target, include_gitignore=False, excludes=env["excludes"])
@@ -77,12 +80,21 @@ def package(working_dir: Path, tmp_path: Path) -> set[str]:
         return {name for name in archive.namelist() if not name.endswith("/")}
 
 
-def test_working_dir_ships_the_project_without_envs_results_or_secrets(tmp_path: Path) -> None:
-    shipped = package(REPO, tmp_path)
+def test_working_dir_ships_the_package_configs_and_data_without_secrets(tmp_path: Path) -> None:
+    conf = tmp_path / "my_conf"
+    (conf / "search_space").mkdir(parents=True)
+    (conf / "search_space" / "mine.yaml").write_text("r: {key: peft.r, values: [4]}\n")
+    (conf / ".env").write_text("SECRET=1")
+    data = tmp_path / "mine.jsonl"
+    data.write_text('{"prompt": "p", "answer": "a"}\n')
+    with jobs.staged_env(None, [str(conf)], str(data)) as (env, data_path):
+        shipped = package(Path(env["working_dir"]), tmp_path)
+    assert data_path == f"{jobs.USER_DATA}/mine.jsonl" and data_path in shipped
     assert "lora_tune/sweep.py" in shipped and "conf/config.yaml" in shipped
+    assert "lora_tune/model_configs/llama3_8b.json" in shipped
     assert any(name.startswith("data/dates/") for name in shipped)
-    for prefix in (".venv/", "runs/", ".git/", "wandb/", ".pytest_cache/"):
-        assert not any(name.startswith(prefix) for name in shipped), prefix
+    assert f"{jobs.USER_CONF}/0/search_space/mine.yaml" in shipped and f"{jobs.USER_CONF}/0/.env" not in shipped
+    assert not any("__pycache__" in name or name.startswith((".venv/", "runs/", ".git/", "tests/")) for name in shipped)
     planted = tmp_path / "project"
     for name in (".env", ".env.local", "conf/.env", "id_rsa", "deploy.pem", "secrets.key", ".netrc",
                  "gcp-credentials.json", ".venv/lib/x.py", "runs/s/results.csv", "keep/ok.py"):
@@ -94,7 +106,7 @@ def test_working_dir_ships_the_project_without_envs_results_or_secrets(tmp_path:
 def test_credentials_are_forwarded_only_when_set(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
-    env = jobs.runtime_env(pip=["peft"])
+    env = jobs.runtime_env(["peft"], REPO)
     assert env["env_vars"] == {"WANDB_API_KEY": "k" * 40} and env["pip"] == ["peft"]
 
 

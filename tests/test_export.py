@@ -7,7 +7,6 @@ by `run_trial` on the tiny model: on a 16-bit base, and on a 4-bit (QLoRA) base.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +15,9 @@ import pytest
 import torch
 
 from lora_tune import export, generate
+from lora_tune.compose import compose_config
 from lora_tune.config import QuantConfig
-from lora_tune.sweep import compose_config
+from lora_tune.storage import Store
 from lora_tune.train import run_trial
 from tests.conftest import REPO
 
@@ -32,7 +32,7 @@ def make_sweep_dir(root: Path, bits: int) -> Path:
     reports: list[tuple[dict, str]] = []
     run_trial(cfg, lambda m, c: reports.append((m, c)), checkpoint_root=str(root / "ckpt"))
     sweep = root / "sweep"
-    shutil.copytree(Path(reports[-1][1]) / "adapter", sweep / "best" / "adapter")
+    Store.at(sweep).put_dir(Path(reports[-1][1]) / "adapter", "best/adapter")  # as post_sweep writes it
     summary = {"trial_id": "t0", "metric": "eval_loss", "mode": "min", "value": reports[-1][0]["eval_loss"],
                "base_model": "embedded:tiny", "bits": bits, "config": cfg.to_dict(),
                "adapter": str(sweep / "best" / "adapter")}
@@ -69,7 +69,7 @@ def reference(sweep_dir: Path, dtype: torch.dtype) -> tuple[torch.Tensor, torch.
 def test_merged_fp32_logits_match_base_plus_adapter(sweep_dir: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    target = export.export(sweep_dir, tmp_path / "merged", dtype="float32")
+    target = export.export(str(sweep_dir), tmp_path / "merged", dtype="fp32")
     merged = AutoModelForCausalLM.from_pretrained(target)
     assert not any("lora" in name for name, _ in merged.named_parameters())
     expected, base_only, tokenizer = reference(sweep_dir, torch.float32)
@@ -81,8 +81,9 @@ def test_merged_fp32_logits_match_base_plus_adapter(sweep_dir: Path, tmp_path: P
 def test_default_export_is_bf16_plain_checkpoint_under_best(sweep_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target = export.export(sweep_dir)
+    target = Path(export.export(str(sweep_dir)))
     assert target == sweep_dir / "best" / "merged"
+    assert (target / "MANIFEST.json").is_file()  # written whole
     config = json.loads((target / "config.json").read_text())
     assert config["dtype"] == "bfloat16" and "quantization_config" not in config
     assert not list(target.parent.glob(".merged-*")), "temp folder left behind"
@@ -97,21 +98,39 @@ def test_default_export_is_bf16_plain_checkpoint_under_best(sweep_dir: Path) -> 
     assert provenance["trained_bits"] == json.loads((sweep_dir / "best" / "summary.json").read_text())["bits"]
 
 
+def greedy(model: torch.nn.Module, tokenizer: object, system: str | None, new_tokens: int) -> str:
+    """Greedy decoding written out by hand: chat template, argmax token by token, no generate()."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": PROMPT}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=True)["input_ids"]
+    out = []
+    with torch.no_grad():
+        for _ in range(new_tokens):
+            token = int(model(input_ids=ids).logits[0, -1].argmax())
+            if token == tokenizer.eos_token_id:
+                break
+            out.append(token)
+            ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+    return tokenizer.decode(out, skip_special_tokens=True).strip()
+
+
 def test_generate_answers_with_base_plus_adapter(sweep_dir: Path, capsys: pytest.CaptureFixture) -> None:
     from peft import PeftModel
 
-    from lora_tune.evaluate import generate_answers
     from lora_tune.model import load_base, load_tokenizer
 
     generate.main([str(sweep_dir), PROMPT, "--max-new-tokens", "6"])
-    printed = capsys.readouterr().out.strip()
+    tuned_answer = capsys.readouterr().out.strip()
+    generate.main([str(sweep_dir), PROMPT, "--max-new-tokens", "6", "--base-only"])
+    base_answer = capsys.readouterr().out.strip()
     summary = json.loads((sweep_dir / "best" / "summary.json").read_text())
     tokenizer = load_tokenizer("embedded:tiny")
-    tuned = PeftModel.from_pretrained(load_base("embedded:tiny", QuantConfig(bits=summary["bits"])),
-                                      str(sweep_dir / "best" / "adapter"))
+    base = load_base("embedded:tiny", QuantConfig(bits=summary["bits"]))
     system = summary["config"]["data"]["system_prompt"]  # as in training
-    assert printed == generate_answers(tuned, tokenizer, [PROMPT], system, 6)[0].strip()
-    assert printed
+    assert base_answer == greedy(base.eval(), tokenizer, system, 6)
+    tuned = PeftModel.from_pretrained(base, str(sweep_dir / "best" / "adapter")).eval()
+    assert tuned_answer == greedy(tuned, tokenizer, system, 6)
+    assert tuned_answer and tuned_answer != base_answer  # the adapter is what answers
 
 
 @pytest.mark.parametrize("module", ["lora_tune.export", "lora_tune.generate"])
@@ -120,5 +139,5 @@ def test_bad_sweep_dir_is_a_one_line_error(module: str, tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=REPO,
                           timeout=120)
     assert done.returncode == 2
-    assert done.stderr.strip() == (f"lora_tune: error: {tmp_path} has no best/summary.json; accepted: a finished "
-                                   "sweep dir such as runs/<sweep_name>")
+    assert done.stderr.strip() == (f"lora_tune: error: {tmp_path} is not a sweep; accepted: a finished sweep such as "
+                                   "runs/<sweep_name> or s3://bucket/prefix/<sweep_name>")

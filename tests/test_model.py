@@ -31,9 +31,13 @@ def test_memory_footprint_ranks_by_bits(loaded: dict[int, torch.nn.Module]) -> N
     assert footprint[4] < footprint[8] < footprint[16]
 
 
-def test_compute_dtype_is_fp32_on_cpu_unless_asked() -> None:
-    assert models.compute_dtype(QuantConfig(), torch.device("cpu")) == torch.float32
-    assert models.compute_dtype(QuantConfig(compute_dtype="bf16"), torch.device("cpu")) == torch.bfloat16
+def test_compute_dtype_follows_the_precision_unless_asked() -> None:
+    from lora_tune.precision import compute_dtype, resolve
+
+    cpu = torch.device("cpu")
+    assert compute_dtype("auto", resolve("auto", cpu)) == torch.float32
+    assert compute_dtype("auto", resolve("bf16", cpu)) == torch.bfloat16
+    assert compute_dtype("fp16", resolve("auto", cpu)) == torch.float16
 
 
 def test_quantization_config_per_bits() -> None:
@@ -44,17 +48,24 @@ def test_quantization_config_per_bits() -> None:
     assert models.quantization_config(QuantConfig(bits=16), torch.float32) is None
 
 
-def test_lora_config_from_peft_keys() -> None:
+@pytest.fixture(scope="module")
+def meta_tiny() -> torch.nn.Module:
+    return models.meta_model(models.architecture(TINY))
+
+
+def test_lora_config_from_peft_keys(meta_tiny: torch.nn.Module) -> None:
     cfg = models.peft_config(PeftConfig(r=16, alpha=32, dropout=0.1, target_modules=["q_proj", "v_proj"],
-                                        use_dora=True, use_rslora=True), max_steps=10)
+                                        use_dora=True, use_rslora=True), 10, meta_tiny)
     assert (cfg.r, cfg.lora_alpha, cfg.lora_dropout) == (16, 32, 0.1)
     assert set(cfg.target_modules) == {"q_proj", "v_proj"}
     assert cfg.use_dora and cfg.use_rslora and cfg.task_type == "CAUSAL_LM"
-    assert models.peft_config(PeftConfig(target_modules="all-linear"), 10).target_modules == "all-linear"
+    assert models.peft_config(PeftConfig(target_modules="all-linear"), 10, meta_tiny).target_modules == "all-linear"
+    assert set(models.peft_config(PeftConfig(target_modules="mlp"), 10, meta_tiny).target_modules) == {
+        "gate_proj", "up_proj", "down_proj"}
 
 
-def test_adalora_config_gets_a_rank_budget() -> None:
-    cfg = models.peft_config(PeftConfig(method="adalora", r=4, adalora_init_r=8), max_steps=100)
+def test_adalora_config_gets_a_rank_budget(meta_tiny: torch.nn.Module) -> None:
+    cfg = models.peft_config(PeftConfig(method="adalora", r=4, adalora_init_r=8), 100, meta_tiny)
     assert type(cfg).__name__ == "AdaLoraConfig"
     assert (cfg.init_r, cfg.target_r, cfg.total_step) == (8, 4, 100)
 
@@ -66,7 +77,7 @@ def test_adalora_config_gets_a_rank_budget() -> None:
 @pytest.mark.parametrize("bits", [4, 8, 16])
 def test_adapter_attaches_to_the_requested_modules(bits: int, targets, adapted: set[str]) -> None:
     base = models.load_base(TINY, QuantConfig(bits=bits))
-    model = models.attach_adapter(base, PeftConfig(r=4, target_modules=targets), QuantConfig(bits=bits), 10)
+    model = models.attach_adapter(base, PeftConfig(r=4, target_modules=targets), 10)
     names = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if "lora_A" in n}
     assert names == adapted
     trainable, total = models.count_parameters(model)
@@ -74,9 +85,8 @@ def test_adapter_attaches_to_the_requested_modules(bits: int, targets, adapted: 
     assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
 
 
-def test_module_names_come_from_the_meta_device() -> None:
-    names = models.linear_module_names(TINY)
-    assert names == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-    assert models.check_target_modules(["q_proj", "attn_qkv"], names)[0].startswith(
-        "peft.target_modules: the model has no module(s) attn_qkv")
-    assert models.check_target_modules("all-linear", names) == []
+def test_module_names_come_from_the_meta_device(meta_tiny: torch.nn.Module) -> None:
+    assert all(p.device.type == "meta" for p in meta_tiny.parameters())
+    problems = models.check_targets(meta_tiny, PeftConfig(target_modules=["q_proj", "attn_qkv"]), {})
+    assert problems[0].startswith("peft.target_modules: the model has no module(s) attn_qkv")
+    assert models.check_targets(meta_tiny, PeftConfig(target_modules="all-linear"), {}) == []

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from lora_tune.compose import compose_config
 from lora_tune.config import ConfigError, SweepConfig
 from lora_tune.plan import GB, make_plan, weight_bytes
 from lora_tune.space import decode_value
-from lora_tune.sweep import compose_config, run_sweep
+from lora_tune.sweep import run_sweep
 from tests.conftest import REPO, with_space
 
 RECIPES = sorted((REPO / "sweeps").glob("*.sh"))
@@ -54,21 +55,17 @@ def test_trainable_params_are_what_peft_trains(tiny_cfg: SweepConfig) -> None:
     for trial_class in plan.classes:
         trial = cfg.trial_config({"peft.target_modules": decode_value(trial_class.target_modules),
                                   "peft.use_dora": trial_class.variant == "dora", "quant.bits": 16})
-        model = attach_adapter(load_base(trial.model.name_or_path, trial.quant), trial.peft, trial.quant, 10)
+        model = attach_adapter(load_base(trial.model.name_or_path, trial.quant), trial.peft, 10)
         assert trial_class.trainable_params == count_parameters(model)[0]
 
 
 @pytest.mark.parametrize("bits", [4, 8, 16])
 def test_weight_estimate_matches_the_loaded_footprint(bits: int, tiny_cfg: SweepConfig) -> None:
-    from peft import prepare_model_for_kbit_training
-
-    from lora_tune.model import load_base
-    from lora_tune.plan import load_architecture, meta_model
+    from lora_tune.model import load_base, meta_model
+    from lora_tune.plan import load_architecture
 
     trial = tiny_cfg.trial_config({"quant.bits": bits})
     base = load_base(trial.model.name_or_path, trial.quant)
-    if bits in (4, 8):
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     config, _ = load_architecture(trial.model)
     estimate = weight_bytes(meta_model(config), trial, dtype_bytes=4)
     assert estimate == pytest.approx(base.get_memory_footprint(), rel=0.05)

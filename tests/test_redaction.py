@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from lora_tune.compose import compose_config
 from lora_tune.redaction import REDACTED, is_secret_name, redact, scrub_text
-from lora_tune.sweep import compose_config
 
 
 def test_secret_names() -> None:

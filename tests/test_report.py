@@ -1,5 +1,5 @@
 """`python -m lora_tune.report`: sorted table, PNG plots and report.md from a real tiny sweep (with the
-default-LoRA baseline evaluated on the test split)."""
+default-LoRA baseline trained beside the trials and scored on the test split)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ PLOTS = ("curves.png", "metric_vs_hyperparameters.png", "memory_vs_metric.png")
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """4 trials one at a time (ASHA stops the lr=1e-6 ones), then the baseline; eval.baseline=true."""
-    from lora_tune.sweep import compose_config, run_sweep
+    from lora_tune.compose import compose_config
+    from lora_tune.sweep import run_sweep
 
     out = tmp_path_factory.mktemp("report")
     cfg = compose_config(["experiment=tiny", f"output_dir={out}", "sweep_name=rep", "wandb.mode=offline",
@@ -36,10 +37,22 @@ def test_summary_compares_base_default_lora_and_winner(sweep_dir: Path) -> None:
     test = json.loads((sweep_dir / "best" / "summary.json").read_text())["test"]
     for key in ("base_exact_match", "default_lora_exact_match", "winner_exact_match"):
         assert 0 <= test[key] <= 1
+    for key in ("base_loss", "default_lora_loss", "winner_loss"):
+        assert test[key] > 0
+    assert test["winner_loss"] < test["base_loss"]  # lr 3e-2 learns on the test split too
     assert test["default_lora_steps"] == 12  # the sweep's max_steps: the same budget as every trial
-    assert test["default_lora"] == {"peft.r": 8, "peft.alpha": 16, "peft.target_modules": ["q_proj", "v_proj"],
+    assert test["default_lora"] == {"peft.r": 8, "peft.alpha": 16, "peft.target_modules": "qv",
                                     "peft.use_dora": False, "peft.use_rslora": False, "quant.bits": 16}
-    assert test["default_lora_eval_loss"] > 0
+
+
+def test_the_baseline_is_a_row_of_its_own_never_the_winner(sweep_dir: Path) -> None:
+    rows = json.loads((sweep_dir / "results.json").read_text())
+    (baseline,) = [r for r in rows if r["role"] == "baseline"]
+    assert baseline["trial_id"] == "baseline" and baseline["steps"] == 12 and not baseline["stopped_early"]
+    assert (baseline["bits"], baseline["lr"]) == (16, 1e-3) and baseline["eval_loss"] > 0  # tiny's train.lr
+    summary = json.loads((sweep_dir / "best" / "summary.json").read_text())
+    assert summary["trial_id"] != "baseline"
+    assert (sweep_dir / "baseline" / "adapter" / "adapter_model.safetensors").is_file()
 
 
 def test_report_prints_the_sorted_table_and_writes_plots(sweep_dir: Path, capsys: pytest.CaptureFixture) -> None:
@@ -47,7 +60,7 @@ def test_report_prints_the_sorted_table_and_writes_plots(sweep_dir: Path, capsys
     lines = capsys.readouterr().out.strip().splitlines()
     header = lines[0].split()
     losses = [float(line.split()[header.index("eval_loss")]) for line in lines[1:-1]]
-    assert len(losses) == 4 and losses == sorted(losses)
+    assert len(losses) == 5 and losses == sorted(losses)  # 4 trials and the baseline
     assert lines[-1] == f"lora_tune: report {sweep_dir / 'report.md'} (plots next to it)"
     import matplotlib.image
 
@@ -63,16 +76,18 @@ def test_report_md_embeds_the_plots_and_the_evaluation(sweep_dir: Path) -> None:
     for name in PLOTS:
         assert f"]({name})" in text
     summary = json.loads((sweep_dir / "best" / "summary.json").read_text())
-    assert "default LoRA (r=8, alpha=16, q_proj+v_proj, 16-bit, same steps)" in text
-    assert f"winner ({summary['trial_id']})" in text
-    assert text.count("| TERMINATED |") == 4
+    assert "| default LoRA baseline (r=8, alpha=16, qv, 16-bit, same steps) |" in text
+    assert f"winner ({summary['trial_id']})" in text and "| model | loss | exact_match |" in text
+    assert text.count("| TERMINATED |") == 5
 
 
 def test_curves_come_from_ray_trial_dirs_and_mark_asha_stops(sweep_dir: Path) -> None:
-    from lora_tune.plots import curves_figure, load_histories
+    from lora_tune.plots import curves_figure
+    from lora_tune.results import trial_histories
+    from lora_tune.storage import Store
 
-    rows = json.loads((sweep_dir / "results.json").read_text())
-    histories = load_histories(sweep_dir)
+    rows = [r for r in json.loads((sweep_dir / "results.json").read_text()) if r["role"] == "trial"]
+    histories = trial_histories(Store.at(sweep_dir))
     assert set(histories) == {r["trial_id"] for r in rows}
     for row in rows:
         assert histories[row["trial_id"]][-1]["step"] == row["steps"]
@@ -92,4 +107,4 @@ def test_bad_sweep_dir_is_a_one_line_error(target: str) -> None:
                           cwd=REPO, timeout=120)
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
-    assert done.stderr.startswith("lora_tune: error: ") and "accepted: a finished sweep dir" in done.stderr
+    assert done.stderr.startswith("lora_tune: error: ") and "accepted: a finished sweep such as" in done.stderr

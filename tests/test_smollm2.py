@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lora_tune.sweep import compose_config, run_sweep
+from lora_tune.compose import compose_config
+from lora_tune.sweep import run_sweep
 from tests.conftest import with_space
 
 pytestmark = pytest.mark.slow

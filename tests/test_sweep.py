@@ -17,7 +17,7 @@ from tests.conftest import with_space
 @pytest.fixture(scope="module")
 def finished_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, object]:
     """4 trials, one at a time so ASHA's rung order is fixed: lr 3e-2 (learns) then 1e-6 (does not), twice."""
-    from lora_tune.sweep import compose_config
+    from lora_tune.compose import compose_config
 
     out = tmp_path_factory.mktemp("sweep")
     cfg = compose_config(["experiment=tiny", f"output_dir={out}", "sweep_name=asha", "wandb.mode=offline",
@@ -108,7 +108,7 @@ def test_one_offline_wandb_run_per_trial_plus_the_sweep_run(finished_sweep) -> N
 
 
 def test_a_diverging_trial_ends_as_error_and_the_sweep_goes_on(tmp_path: Path) -> None:
-    from lora_tune.sweep import compose_config
+    from lora_tune.compose import compose_config
 
     cfg = compose_config(["experiment=tiny", f"output_dir={tmp_path}", "sweep_name=diverge", "wandb.mode=disabled",
                           "num_samples=1", "scheduler=fifo", "quant.compute_dtype=fp16", "train.max_grad_norm=0",

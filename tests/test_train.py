@@ -1,14 +1,16 @@
-"""run_trial without Ray: loss goes down, checkpoints resume exactly, divergence is an error."""
+"""run_trial without Ray: loss goes down, resumable states resume exactly, divergence is an error, a reused base
+gives the same results, a restored state takes the trial's own hyperparameters (PBT), memory is per trial."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 
+from lora_tune.compose import compose_config
 from lora_tune.config import TrialConfig
-from lora_tune.sweep import compose_config
 from lora_tune.train import TrialDiverged, run_trial
 
 
@@ -30,8 +32,12 @@ def test_loss_goes_down_without_ray() -> None:
     assert [r["step"] for r in reports] == [8, 16, 24]
     assert reports[-1]["eval_loss"] < reports[0]["eval_loss"] - 0.5
     assert reports[-1]["train_loss"] < reports[0]["train_loss"]
-    for key in ("eval_exact_match", "lr", "tokens_per_s", "step_time_s", "peak_mem_mb", "trainable_params"):
+    assert "eval_exact_match" not in reports[0] and "eval_exact_match" in reports[-1]  # eval.generate=auto: last
+    for key in ("lr", "tokens_per_s", "step_time_s", "peak_mem_mb", "trainable_params", "eval_time_frac",
+                "checkpoint_time_frac", "checkpoint_bytes"):
         assert key in reports[-1]
+    assert 0 < reports[-1]["eval_time_frac"] < 1 and reports[-1]["checkpoint_bytes"] > 0
+    assert reports[-1]["precision"] == "fp32" and reports[-1]["workers"] == 1
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -42,9 +48,8 @@ def test_quantized_bases_train_too(bits: int) -> None:
     assert reports[-1]["eval_loss"] < reports[0]["eval_loss"]
 
 
-def test_resume_from_checkpoint_continues_exactly(tmp_path: Path) -> None:
+def test_resume_from_the_resumable_state_continues_exactly(tmp_path: Path) -> None:
     full = collect(tiny_trial(), checkpoint_root=str(tmp_path / "full"))
-    # Stop after the first checkpoint (step 8), then resume from it.
     partial: list[dict] = []
 
     def stop_after_first(metrics: dict, ckpt: str | None) -> None:
@@ -53,17 +58,34 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path: Path) -> None:
 
     with pytest.raises(KeyboardInterrupt):
         run_trial(tiny_trial(), stop_after_first, checkpoint_root=str(tmp_path / "part"))
-    checkpoint = partial[0]["checkpoint"]
-    assert Path(checkpoint, "adapter", "adapter_model.safetensors").exists()
-    resumed = collect(tiny_trial(), resume_from=checkpoint, checkpoint_root=str(tmp_path / "resumed"))
+    state = tmp_path / "part" / "state"  # saved at step 8 (train.checkpoint_every: every evaluation)
+    assert json.loads((state / "metrics.json").read_text())["step"] == 8
+    report_checkpoint = Path(partial[0]["checkpoint"])
+    assert (report_checkpoint / "adapter" / "adapter_model.safetensors").exists()
+    assert not (report_checkpoint / "trainer_state.pt").exists()  # reports carry the adapter only
+    resumed = collect(tiny_trial(), resume_from=str(state), checkpoint_root=str(tmp_path / "resumed"))
     assert [r["step"] for r in resumed] == [16, 24]
     assert resumed[0]["resumed_from_step"] == 8
     assert resumed[-1]["eval_loss"] == pytest.approx(full[-1]["eval_loss"], rel=1e-5)
 
 
-def test_checkpoints_are_written_atomically(tmp_path: Path) -> None:
-    collect(tiny_trial(), checkpoint_root=str(tmp_path))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000024"]  # no .tmp-* left, older pruned
+def test_checkpoint_every_bounds_the_resumable_states(tmp_path: Path) -> None:
+    cfg = tiny_trial(checkpoint_every=16)
+    saved: list[int] = []
+
+    def save(folder: Path, step: int) -> int:
+        saved.append(step)
+        assert (folder / "trainer_state.pt").is_file() and (folder / "adapter").is_dir()
+        return 1
+
+    reports = collect(cfg, checkpoint_root=str(tmp_path), save_state=save)
+    assert saved == [16] and [r["step"] for r in reports] == [8, 16, 24]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000024"]  # no temp dirs, older reports pruned
+
+
+def test_full_state_in_reports_for_pbt(tmp_path: Path) -> None:
+    reports = collect(tiny_trial(), checkpoint_root=str(tmp_path), full_state_in_reports=True)
+    assert (Path(reports[-1]["checkpoint"]) / "trainer_state.pt").is_file()
 
 
 def test_diverging_loss_is_an_error() -> None:
@@ -87,4 +109,52 @@ def test_reused_base_gives_identical_results() -> None:
     assert [r["eval_loss"] for r in reused] == [r["eval_loss"] for r in fresh] == [r["eval_loss"] for r in first]
     assert [r["train_loss"] for r in reused] == [r["train_loss"] for r in fresh]
     assert other[-1]["trainable_params"] != reused[-1]["trainable_params"]
-    assert not any("lora_" in name for name, _ in BASE_CACHE.base.named_modules()) or BASE_CACHE.adapted
+    BASE_CACHE.release()  # strips the last trial's adapter: the cached base is the plain base again
+    assert not any("lora_" in name for name, _ in BASE_CACHE.base.named_modules())
+
+
+def test_a_restored_state_takes_the_trials_own_learning_rate(tmp_path: Path) -> None:
+    """PBT's exploit: another trial's state, this trial's (mutated) lr; the schedule keeps its position."""
+    import shutil
+
+    from transformers import get_scheduler
+
+    donor: list[dict] = []
+
+    def keep_first(metrics: dict, ckpt: str | None) -> None:  # as Tune persists a reported checkpoint
+        if not donor:
+            shutil.copytree(ckpt, tmp_path / "kept")
+        donor.append(metrics)
+
+    run_trial(tiny_trial(lr=0.01, lr_scheduler="cosine", warmup_ratio=0.25), keep_first,
+              checkpoint_root=str(tmp_path / "a"), full_state_in_reports=True)
+    checkpoint = str(tmp_path / "kept")  # step 8, a report with its full state
+    saved_lr = donor[0]["lr"]
+    mutated = tiny_trial(lr=0.002, lr_scheduler="cosine", warmup_ratio=0.25)
+    reports = collect(mutated, resume_from=checkpoint, checkpoint_root=str(tmp_path / "b"))
+    import torch
+
+    schedule = get_scheduler("cosine", torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.002),
+                             num_warmup_steps=6, num_training_steps=24)
+    expected = []
+    for _ in range(24):
+        schedule.optimizer.step()
+        schedule.step()
+        expected.append(schedule.get_last_lr()[0])
+    assert reports[0]["step"] == 16 and reports[0]["lr"] == pytest.approx(expected[15])
+    assert reports[-1]["lr"] == pytest.approx(expected[23])
+    assert saved_lr == pytest.approx(expected[7] * 5)  # the donor ran at 0.01 = 5 x 0.002
+
+
+def test_peak_memory_is_this_trials_not_the_process_lifetimes() -> None:
+    import numpy as np
+
+    from lora_tune import memory
+
+    before = memory.peak_mb(memory.torch.device("cpu"))
+    big = np.ones(2**28 // 8 * 6, dtype=np.float64)  # 1.5 GB touched, then freed
+    del big
+    lifetime = memory.peak_mb(memory.torch.device("cpu"))
+    assert lifetime > before + 1000
+    reports = collect(dataclasses.replace(tiny_trial(), max_steps=8))
+    assert reports[-1]["peak_mem_mb"] < lifetime - 1000

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from lora_tune.compose import compose_config
 from lora_tune.config import ConfigError, SweepConfig, to_dict
-from lora_tune.sweep import compose_config
 from lora_tune.train import run_trial
 
 BASE = ["experiment=tiny", "search_space=target_modules", "data.max_train_examples=16",

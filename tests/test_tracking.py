@@ -26,7 +26,8 @@ import pytest
 
 from lora_tune import __version__
 from lora_tune.config import WandbConfig
-from lora_tune.registry import STEP_METRICS, TrialTracker, artifact_name, git_commit, sync
+from lora_tune.storage import Store
+from lora_tune.tracking import STEP_METRICS, TrialTracker, artifact_name, git_commit, sync
 from tests.conftest import REPO
 
 FAKE_KEY = "PLANTEDfake0key0lora0tune0test0a1b2c3d4e5f6"  # 40+ characters, as wandb requires of a key
@@ -274,20 +275,20 @@ def sweep_copy(offline_sweep, tmp_path: Path) -> Path:
 
 def test_sync_uploads_then_links_once(sweep_copy: Path) -> None:
     api, calls = RecordingWandbApi(sweep_copy), []
-    first = sync(sweep_copy, api=api, run_sync=pretend_wandb_sync(calls))
+    first = sync(Store.at(str(sweep_copy)), api=api, run_sync=pretend_wandb_sync(calls))
     assert len(calls) == 1 and len(calls[0]) == 5  # 4 trial runs + the sweep run
     assert api.links == [(f"test-entity/lora_tune/tiny-reg:{SWEEP}", "wandb-registry-model/lora-adapters", [SWEEP])]
     assert len(first["linked"]) == 1 and first["waiting"] == first["failed"] == []
     (link,) = json.loads((sweep_copy / "pending_links.json").read_text())["links"]
     assert link["status"] == "linked" and link["linked_at"]
-    second = sync(sweep_copy, api=api, run_sync=pretend_wandb_sync(calls))
+    second = sync(Store.at(str(sweep_copy)), api=api, run_sync=pretend_wandb_sync(calls))
     assert len(calls) == 1 and len(api.links) == 1  # nothing uploaded or linked again
     assert second["linked"] == [] and len(second["already_linked"]) == 1
 
 
 def test_sync_links_nothing_while_runs_are_not_uploaded(sweep_copy: Path) -> None:
     api = RecordingWandbApi(sweep_copy)
-    done = sync(sweep_copy, api=api, run_sync=lambda sweep_dir, dirs, timeout_s: 1)  # the upload failed
+    done = sync(Store.at(str(sweep_copy)), api=api, run_sync=lambda sweep_dir, dirs, timeout_s: 1)  # the upload failed
     assert api.links == [] and len(done["waiting"]) == 1
     assert json.loads((sweep_copy / "pending_links.json").read_text())["links"][0]["status"] == "pending"
 
@@ -309,15 +310,16 @@ def test_sync_command_rejects_a_missing_dir(tmp_path: Path) -> None:
     proc = run_cli(["-m", "lora_tune.registry", "sync", str(tmp_path / "nope")], clean_env(tmp_path), timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        f"lora_tune: error: sweep_dir: {tmp_path / 'nope'} is not a directory; accepted: a sweep folder such as "
-        "runs/<sweep_name>"]
+        f"lora_tune: error: sweep: {tmp_path / 'nope'} is not a sweep (no config.yaml); accepted: a sweep folder "
+        "such as runs/<sweep_name> or s3://bucket/prefix/<sweep_name>"]
 
 
 # --- W&B off or failing -------------------------------------------------------------------------------------
 
 
 def test_disabled_tracker_touches_no_wandb(tmp_path: Path) -> None:
-    tracker = TrialTracker(WandbConfig(mode="disabled"), "off", tmp_path / "off", "embedded:tiny")
+    tracker = TrialTracker(WandbConfig(mode="disabled"), "off", Store.at(str(tmp_path / "off")), tmp_path / "off",
+                           "embedded:tiny")
     tracker.trial_started("t1", {"peft": {"r": 8}})
     tracker.trial_result("t1", {"step": 4, "eval_loss": 1.0})
     tracker.trial_ended("t1", {"status": "TERMINATED"})
@@ -326,7 +328,7 @@ def test_disabled_tracker_touches_no_wandb(tmp_path: Path) -> None:
 
 
 def test_logger_none_composes_to_disabled() -> None:
-    from lora_tune.sweep import compose_config
+    from lora_tune.compose import compose_config
 
     assert compose_config(["logger=none"]).wandb.mode == "disabled"
     assert compose_config(["experiment=tiny", "wandb.mode=disabled"]).wandb.mode == "disabled"
