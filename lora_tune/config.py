@@ -538,10 +538,10 @@ class SweepConfig(TrialConfig):
 
     def _check_cluster_storage(self, p: _Problems) -> None:
         """On a cluster, the sweep must live where every node can reach it (trials checkpoint from any node)."""
-        if not self.ray.address or self.dry_run or str(self.ray.address).startswith(("http://", "https://")):
-            return  # local Ray; or a submission (the cluster run checks again, with ray.address=auto)
-        where = self.ray.storage_path or self.output_dir
-        p.check(is_uri(where) or self.ray.shared_fs, "ray.storage_path",
+        if not self.ray.address or self.dry_run or self.attach:
+            return  # local Ray, a plan, or following a job that was checked when it was submitted
+        where = self.resume or self.ray.storage_path or self.output_dir  # a resumed sweep stays where it is
+        p.check(is_uri(where) or self.ray.shared_fs, "resume" if self.resume else "ray.storage_path",
                 f"{where!r} is a local path, which other nodes of the cluster cannot reach; accepted: an object-store "
                 "URI such as s3://bucket/prefix, or ray.shared_fs=true for a mount (NFS/EFS/Lustre) at the same path "
                 "on every node")

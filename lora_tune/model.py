@@ -7,6 +7,7 @@ on the meta device, so no weights are loaded; symbolic target sets are resolved 
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Any
 
@@ -19,6 +20,9 @@ from lora_tune.embedded import resolve_model_path
 
 # bitsandbytes' int8 matmul announces a cast on every call; the cast is expected.
 warnings.filterwarnings("ignore", message=".*MatMul8bitLt: inputs will be cast.*")
+# On CPUs with AVX512-BF16, importing bitsandbytes tries an optional 4-bit inference kernel from the HF hub (the
+# `kernels` package) and warns when it cannot; lora_tune keeps bitsandbytes' own kernels (keep_4bit_layout).
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 def default_device() -> torch.device:
     """A process's device when nothing else says: its first visible GPU (Ray sets CUDA_VISIBLE_DEVICES) or the CPU."""

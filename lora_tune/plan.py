@@ -7,9 +7,14 @@
 The model is built on the meta device from its config alone (`model.config_path` when the checkpoint is not
 reachable here, e.g. a hub id without a hub) and the adapter is attached there with PEFT, so the trainable
 parameter counts are PEFT's own. Memory is an estimate per trial class (bits x rank x target modules x
-variant): frozen weights as bitsandbytes stores them, adapter weights + gradients + AdamW state in fp32,
-activations for one micro-batch (fused attention assumed; with gradient checkpointing only layer inputs are
-kept), logits, a fixed runtime overhead, and on CPU for 4/8 bits the checkpoint read while quantizing.
+variant) and per worker (GPU) of the trial: frozen weights as bitsandbytes stores them, adapter weights +
+gradients + AdamW state in fp32 (and the optimizer step's temporaries), activations for one worker's share of
+the global batch (fused attention assumed; with gradient checkpointing only layer inputs are kept), logits, a
+fixed runtime overhead, and on CPU for 4/8 bits the checkpoint read while quantizing. With
+resources.workers_per_trial > 1 DDP adds its gradient buckets and communication buffers; FSDP divides weights,
+adapter and optimizer state by the workers and adds the two decoder layers it gathers at a time. On GPUs a 10 %
+reserve for the caching allocator's fragmentation is added. The sweep's other work gets rows too: the reference
+task (the base's test scoring at 16 bits, then the default-LoRA baseline trial on it) and the winner's scoring.
 Checked against measured peak RSS of SmolLM2-135M trials on CPU (all-linear r=8, batch 4 x 80 tokens):
 estimate 2.08 / 2.24 / 2.29 GB vs measured 2.00 / 2.10-2.33 / 2.41 GB at 16 / 4 / 8 bits.
 """
@@ -34,7 +39,9 @@ GB = 1024**3
 CLASS_KEYS = ("quant.bits", "peft.r", "peft.target_modules", "peft.use_dora", "peft.method")
 # Searched keys that change activation memory: the plan takes the worst case.
 ACTIVATION_KEYS = ("train.batch_size", "data.max_seq_len", "model.gradient_checkpointing")
-RUNTIME_OVERHEAD_GB = {"cpu": 1.0, "cuda": 1.0}  # Python + torch + tokenizer; CUDA context + allocator slack
+RUNTIME_OVERHEAD_GB = {"cpu": 1.0, "cuda": 1.0}  # Python + torch + tokenizer; CUDA context + cuBLAS workspace
+COMMS_GB = 0.5  # NCCL / gloo buffers of a worker of a multi-worker trial
+FRAGMENTATION = 0.10  # GPU only: reserve for the caching allocator's fragmentation
 
 
 @dataclass
@@ -54,6 +61,15 @@ class TrialClass:
 
 
 @dataclass
+class Extra:
+    """Other work of the sweep that needs a trial's resources: its memory and whether it fits."""
+
+    name: str
+    total_bytes: float
+    fits: bool | None
+
+
+@dataclass
 class Plan:
     model: str
     architecture: str
@@ -68,7 +84,9 @@ class Plan:
     budget_bytes: float | None
     budget_note: str
     micro_batch: str
+    workers: str = "1 worker per trial"
     classes: list[TrialClass] = field(default_factory=list)
+    extras: list[Extra] = field(default_factory=list)
 
 
 def architecture_source(model_cfg: Any) -> str:
@@ -148,9 +166,9 @@ def weight_bytes(model: Any, trial: TrialConfig, dtype_bytes: int) -> float:
     return total
 
 
-def activation_bytes(config: Any, trial: TrialConfig, dtype_bytes: int) -> float:
-    """One micro-batch's saved activations plus logits (fused attention; fp32 loss)."""
-    tokens = trial.train.batch_size * trial.data.max_seq_len
+def activation_bytes(config: Any, trial: TrialConfig, dtype_bytes: int, workers: int = 1) -> float:
+    """One worker's share of a micro-batch: saved activations plus logits (fused attention; fp32 loss)."""
+    tokens = math.ceil(trial.train.batch_size / workers) * trial.data.max_seq_len
     hidden = config.hidden_size
     inter = getattr(config, "intermediate_size", 4 * hidden)
     layers = config.num_hidden_layers
@@ -269,6 +287,67 @@ def describe(name: str, dim: Dimension) -> str:
     return f"{name:<16} {dim.key:<22} {domain}"
 
 
+def largest_layer_bytes(model: Any, weights: float) -> float:
+    """An FSDP worker gathers one decoder layer while the next is prefetched: the base's weight per layer."""
+    layers = getattr(model.config, "num_hidden_layers", 1) or 1
+    return weights / layers
+
+
+def worker_memory(config: Any, model: Any, trial: TrialConfig, device: str, res: Any) -> dict[str, float]:
+    """Estimated peak bytes of one worker of a trial: weights, optimizer, activations, runtime, total."""
+    workers = res.workers_per_trial
+    fsdp = res.strategy == "fsdp" and workers > 1
+    shard = workers if fsdp else 1
+    dtype_bytes = compute_bytes(trial, device)
+    trainable = trainable_params(config, trial)
+    frozen = weight_bytes(model, trial, dtype_bytes)
+    weights = frozen / shard + (2 * largest_layer_bytes(model, frozen) if fsdp else 0.0) + trainable * 4 / shard
+    optimizer = trainable * 12 / shard  # fp32 gradients + two AdamW moments
+    runtime = RUNTIME_OVERHEAD_GB[device] * GB + loading_bytes(config, model, trial, device)
+    if device == "cuda":
+        runtime += trainable * 8 / shard + trainable * (2 if dtype_bytes < 4 else 0)  # step temporaries, autocast
+    if workers > 1:
+        runtime += COMMS_GB * GB + (trainable * 4 if not fsdp else 0.0)  # DDP keeps a copy of the gradients
+    activations = activation_bytes(config, trial, dtype_bytes, workers)
+    total = (weights + optimizer + activations + runtime) * (1 + FRAGMENTATION if device == "cuda" else 1)
+    return {"trainable": trainable, "weights": weights, "optimizer": optimizer, "activations": activations,
+            "total": total}
+
+
+def scoring_bytes(config: Any, model: Any, trial: TrialConfig, device: str) -> float:
+    """A test scoring (base [+ adapter]) at one worker: weights, an evaluation batch, the KV cache of generation."""
+    dtype_bytes = compute_bytes(trial, device)
+    tokens = trial.train.eval_batch_size * (trial.data.max_seq_len + trial.data.max_new_tokens)
+    heads = getattr(config, "num_attention_heads", 1)
+    kv_dim = getattr(config, "num_key_value_heads", heads) * config.hidden_size // heads
+    kv_cache = 2 * config.num_hidden_layers * tokens * kv_dim * dtype_bytes
+    forward = tokens * (config.hidden_size * 4 + getattr(config, "intermediate_size", 4 * config.hidden_size))
+    logits = trial.train.eval_batch_size * config.vocab_size * 4 * 2  # the last position's, and its softmax
+    total = weight_bytes(model, trial, dtype_bytes) + kv_cache + forward * dtype_bytes + logits
+    total += RUNTIME_OVERHEAD_GB[device] * GB + loading_bytes(config, model, trial, device)
+    return total * (1 + FRAGMENTATION if device == "cuda" else 1)
+
+
+def extra_work(cfg: SweepConfig, config: Any, model: Any, device: str, limit: float | None) -> list[Extra]:
+    """The sweep's other work, on one trial's (one worker's) resources: the reference task and the winner's
+    test scoring (never at the same time as each other on one worker)."""
+    from dataclasses import replace as with_fields
+
+    from lora_tune.baseline import base_config, default_lora_config
+
+    one = with_fields(cfg.resources, workers_per_trial=1)
+    rows = [("reference: base model scored on the test split (16-bit)", scoring_bytes(config, model,
+                                                                                      base_config(cfg), device))]
+    if cfg.eval.baseline:
+        baseline = default_lora_config(cfg)
+        rows.append(("reference: default-LoRA baseline trial (16-bit, then scored)",
+                     max(worker_memory(config, model, baseline, device, one)["total"],
+                         scoring_bytes(config, model, baseline, device))))
+    winners = class_configs(cfg) or [cfg.trial_config()]
+    rows.append(("the winner scored on the test split", max(scoring_bytes(config, model, t, device) for t in winners)))
+    return [Extra(name, total, None if limit is None else total <= limit) for name, total in rows]
+
+
 def make_plan(cfg: SweepConfig) -> Plan:
     """Everything the dry run prints; raises ConfigError for target modules the model does not have."""
     from lora_tune.model import check_targets, meta_model
@@ -281,26 +360,25 @@ def make_plan(cfg: SweepConfig) -> Plan:
         raise ConfigError(problems)
     device = "cuda" if cfg.resources.gpus_per_trial else "cpu"
     limit, note = budget(cfg)
-    overhead = RUNTIME_OVERHEAD_GB[device] * GB
     classes = []
     for trial in class_configs(cfg):
-        dtype_bytes = compute_bytes(trial, device)
-        trainable = trainable_params(config, trial)
-        weights = weight_bytes(model, trial, dtype_bytes) + trainable * 4
-        optimizer = trainable * 12  # fp32 gradients + two AdamW moments
-        activations = activation_bytes(config, trial, dtype_bytes)
-        total = weights + optimizer + activations + overhead + loading_bytes(config, model, trial, device)
+        parts = worker_memory(config, model, trial, device, cfg.resources)
         classes.append(TrialClass(trial.quant.bits, trial.peft.r, str(encode_value(trial.peft.target_modules)),
-                                  variant_name(trial), trainable, weights, optimizer, activations, total,
-                                  None if limit is None else total <= limit))
+                                  variant_name(trial), int(parts["trainable"]), parts["weights"], parts["optimizer"],
+                                  parts["activations"], parts["total"],
+                                  None if limit is None else parts["total"] <= limit))
     grid = grid_combinations(cfg)
     worst = class_configs(cfg)[0] if classes else cfg
+    res = cfg.resources
+    workers = (f"{res.workers_per_trial} workers per trial ({res.strategy}, {res.placement}); memory per worker"
+               if res.workers_per_trial > 1 else "1 worker per trial")
     return Plan(
         model=cfg.model.name_or_path, architecture=type(model).__name__, config_source=source,
         total_params=sum(p.numel() for p in model.parameters()), device=device,
         dimensions=[describe(n, d) for n, d in cfg.search_space.items()], space_size=space_size(cfg.search_space),
         trials=cfg.num_samples * grid, grid_combinations=grid, concurrent=concurrency(cfg),
-        budget_bytes=limit, budget_note=note, classes=classes,
+        budget_bytes=limit, budget_note=note, classes=classes, workers=workers,
+        extras=extra_work(cfg, config, model, device, limit),
         micro_batch=(f"batch {worst.train.batch_size} x {worst.data.max_seq_len} tokens, gradient checkpointing "
                      f"{'on' if worst.model.gradient_checkpointing else 'off'}"),
     )
@@ -316,9 +394,10 @@ def format_plan(plan: Plan, cfg: SweepConfig) -> str:
         f"trials: {plan.trials} (num_samples={cfg.num_samples} x {plan.grid_combinations} grid combinations); "
         f"scheduler {cfg.scheduler.name}, search {cfg.search_alg.name}, max_steps {cfg.max_steps}; "
         f"{plan.concurrent}",
-        f"per trial on {plan.device}: {plan.micro_batch}; budget "
+        f"per trial on {plan.device}: {plan.micro_batch}; {plan.workers}; budget "
         + (f"{plan.budget_bytes / GB:.1f} GB ({plan.budget_note})" if plan.budget_bytes else plan.budget_note),
-        f"estimated memory per trial class (GB; total includes {RUNTIME_OVERHEAD_GB[plan.device]:.1f} GB runtime):",
+        f"estimated memory per trial class (GB; total includes {RUNTIME_OVERHEAD_GB[plan.device]:.1f} GB runtime"
+        + (f" and a {FRAGMENTATION:.0%} allocator reserve" if plan.device == "cuda" else "") + "):",
     ]
     header = f"  {'bits':>4} {'r':>4}  {'target_modules':<34} {'variant':<11} {'trainable':>11} " \
              f"{'weights':>8} {'optim':>7} {'activ':>7} {'total':>7}  fits"
@@ -328,6 +407,10 @@ def format_plan(plan: Plan, cfg: SweepConfig) -> str:
         lines.append(f"  {c.bits:>4} {c.r:>4}  {c.target_modules:<34} {c.variant:<11} {c.trainable_params:>11,} "
                      f"{c.weight_bytes / GB:>8.2f} {c.optimizer_bytes / GB:>7.2f} {c.activation_bytes / GB:>7.2f} "
                      f"{c.total_bytes / GB:>7.2f}  {fits}")
+    lines.append("other work of the sweep, on one trial's resources (GB):")
+    for extra in plan.extras:
+        fits = "?" if extra.fits is None else ("yes" if extra.fits else "NO")
+        lines.append(f"  {extra.name:<66} {extra.total_bytes / GB:>7.2f}  {fits}")
     lines.append(summary_line(plan))
     return "\n".join(lines)
 
@@ -340,6 +423,9 @@ def summary_line(plan: Plan) -> str:
         verdict = f"{len(misfits)} of {len(plan.classes)} trial classes do NOT fit"
     else:
         verdict = f"all {len(plan.classes)} trial classes fit"
+    extra = [e.name.split(":")[0] for e in plan.extras if e.fits is False]
+    if extra:
+        verdict += f" ({len(extra)} other piece(s) of work do NOT fit)"
     return f"lora_tune: dry run: {plan.trials} trials, {verdict}; nothing was started"
 
 

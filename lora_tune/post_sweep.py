@@ -16,7 +16,7 @@ from typing import Any
 from lora_tune import __version__
 from lora_tune.config import SweepConfig, to_dict
 from lora_tune.redaction import redact
-from lora_tune.results import best, trial_row, write_results
+from lora_tune.results import finite, sort_rows, trial_row, write_results
 from lora_tune.space import column_names, encode_value, overrides_from_params
 from lora_tune.storage import Store
 
@@ -36,31 +36,43 @@ def result_rows(cfg: SweepConfig, grid: Any, failures: dict[str, int]) -> tuple[
     return rows, results
 
 
-def pick_winner(rows: list[dict[str, Any]], cfg: SweepConfig) -> dict[str, Any] | None:
-    """The best trial by the sweep's metric; the default-LoRA baseline never wins."""
-    return best([r for r in rows if r.get("role") == "trial"], cfg.mode, lambda row: row.get(cfg.metric))
+def ranked_candidates(rows: list[dict[str, Any]], cfg: SweepConfig) -> list[dict[str, Any]]:
+    """The trials that may win, best first by the sweep's metric: the finished ones, then (when none finished) the
+    errored ones; the default-LoRA baseline never wins."""
+    trials = [r for r in rows if r.get("role") == "trial" and finite(r.get(cfg.metric))]
+    finished = [r for r in trials if r["status"] == "TERMINATED"]
+    return sort_rows(finished or trials, cfg.metric, cfg.mode)
 
 
-def checkpoint_at(result: Any, step: int | None, cfg: SweepConfig) -> Any:
-    """The trial's checkpoint reported at `step` (where its best metric was measured)."""
-    for checkpoint, metrics in result.best_checkpoints or []:
-        if metrics.get("step") == step:
-            return checkpoint
-    print(f"lora_tune: warning: no checkpoint kept at step {step}; exporting the trial's best kept one",
-          file=sys.stderr)
-    return result.get_best_checkpoint(cfg.metric, cfg.mode) or result.checkpoint
+def checkpoints_by_preference(result: Any, step: int | None, cfg: SweepConfig) -> list[tuple[Any, bool]]:
+    """(checkpoint, reported at `step`) for the trial's checkpoints, the one of `step` (where its best metric was
+    measured) first."""
+    kept = result.best_checkpoints or []
+    exact = [(checkpoint, True) for checkpoint, metrics in kept if metrics.get("step") == step]
+    others = [result.get_best_checkpoint(cfg.metric, cfg.mode), result.checkpoint]
+    return [*exact, *((c, False) for c in others if c is not None)]
 
 
-def export_adapter(checkpoint: Any, store: Store, local_best: Path) -> Path:
-    """Copy the checkpoint's adapter to best/adapter in the sweep's storage (manifest last) and to `local_best`."""
-    with tempfile.TemporaryDirectory(prefix="lora_tune-best-") as tmp, checkpoint.as_directory() as folder:
-        staged = Path(tmp) / ADAPTER_DIR
-        shutil.copytree(Path(folder) / ADAPTER_DIR, staged)
-        store.put_dir(staged, f"best/{ADAPTER_DIR}")
-        if not store.is_local:
-            shutil.rmtree(local_best / ADAPTER_DIR, ignore_errors=True)
-            shutil.copytree(staged, local_best / ADAPTER_DIR)
-    return local_best / ADAPTER_DIR
+def export_adapter(result: Any, step: int | None, cfg: SweepConfig, store: Store, local_best: Path) -> Path:
+    """Copy the adapter of the checkpoint at `step` to best/adapter in the sweep's storage (manifest last) and
+    to `local_best`. Should that checkpoint be gone (a sweep resumed from a snapshot older than Ray's pruning),
+    the trial's best kept one is exported, with a warning."""
+    for checkpoint, at_step in checkpoints_by_preference(result, step, cfg):
+        try:
+            with tempfile.TemporaryDirectory(prefix="lora_tune-best-") as tmp, checkpoint.as_directory() as folder:
+                staged = Path(tmp) / ADAPTER_DIR
+                shutil.copytree(Path(folder) / ADAPTER_DIR, staged)
+                store.put_dir(staged, f"best/{ADAPTER_DIR}")
+                if not store.is_local:
+                    shutil.rmtree(local_best / ADAPTER_DIR, ignore_errors=True)
+                    shutil.copytree(staged, local_best / ADAPTER_DIR)
+        except (FileNotFoundError, OSError):
+            continue
+        if not at_step:
+            print(f"lora_tune: warning: the checkpoint of step {step} is gone; exported the trial's best kept one",
+                  file=sys.stderr)
+        return local_best / ADAPTER_DIR
+    raise RuntimeError(f"the winner's checkpoints are missing from {store.uri}")
 
 
 def summarise(cfg: SweepConfig, winner: dict[str, Any], trial_cfg: Any, test: dict[str, Any], store: Store,
@@ -74,6 +86,18 @@ def summarise(cfg: SweepConfig, winner: dict[str, Any], trial_cfg: Any, test: di
         "config": redact(trial_cfg.to_dict()), "adapter": f"{store.uri}/best/{ADAPTER_DIR}", "sweep": store.uri,
         "lora_tune_version": __version__, "wandb": tracker.refs(),
     }
+
+
+def export_winner(ranked: list[dict[str, Any]], results: dict[str, Any], cfg: SweepConfig, store: Store,
+                  local_best: Path) -> dict[str, Any] | None:
+    """The best trial whose adapter can be exported (its checkpoints are in storage), exported."""
+    for row in ranked:
+        try:
+            export_adapter(results[row["trial_id"]], row.get("best_step"), cfg, store, local_best)
+            return row
+        except RuntimeError as exc:
+            print(f"lora_tune: warning: {exc}; the next best trial wins", file=sys.stderr)
+    return None
 
 
 def reference_scores(references: dict[str, Any] | None) -> dict[str, Any]:
@@ -116,15 +140,14 @@ def finish(cfg: SweepConfig, grid: Any, store: Store, local_dir: Path, tracker: 
     rows, results = result_rows(cfg, grid, failures)
     rows = add_baseline(rows, references, cfg, tracker)
     write_results(store, rows)
-    winner = pick_winner(rows, cfg)
+    local_best = Path(store.path("best")) if store.is_local else local_dir / "best"
+    winner = export_winner(ranked_candidates(rows, cfg), results, cfg, store, local_best)
     if winner is None:
-        print("lora_tune: no trial produced a finite metric; see results.csv", file=sys.stderr)
+        print("lora_tune: no trial produced a finite metric and an adapter; see results.csv", file=sys.stderr)
         tracker.log_sweep(rows, None, redact(to_dict(cfg)))
         return None
     result = results[winner["trial_id"]]
     trial_cfg = cfg.trial_config(overrides_from_params(result.config, cfg.search_space))
-    local_best = Path(store.path("best")) if store.is_local else local_dir / "best"
-    export_adapter(checkpoint_at(result, winner.get("best_step"), cfg), store, local_best)
     test = {**score_on_test(trial_cfg, f"{store.uri}/best/{ADAPTER_DIR}"), **reference_scores(references)}
     summary = summarise(cfg, winner, trial_cfg, test, store, tracker)
     if timings is not None:

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 from lora_tune.config import SweepConfig, is_uri
 from lora_tune.errors import ConfigError
-from lora_tune.storage import StorageError, Store
+from lora_tune.storage import StorageError, Store, root_exists
 
 
 def sweep_location(cfg: SweepConfig) -> str:
@@ -27,10 +27,14 @@ def sweep_location(cfg: SweepConfig) -> str:
 
 
 def preflight(cfg: SweepConfig) -> list[str]:
-    """Every problem with the data, the model's module names, the storage and the cluster address."""
+    """Every problem with the data, the metrics (a user scorer must import), the model's module names, the storage
+    and the cluster address."""
     from lora_tune.data import check_data
 
-    problems = check_data(cfg.data)
+    from lora_tune.metrics import check_metrics
+
+    problems = check_data(cfg.data, cfg.seed)
+    problems += check_metrics(cfg.generation_metrics(), cfg.eval.answer_regex)
     problems += model_problems(cfg)
     problems += storage_problems(cfg)
     problems += address_problems(cfg.ray.address)
@@ -55,6 +59,9 @@ def storage_problems(cfg: SweepConfig) -> list[str]:
     key = "ray.storage_path" if cfg.ray.storage_path else "output_dir"
     problems = [] if is_uri(location) else output_dir_problems(Path(location).parent, key)
     try:
+        if not root_exists(location):
+            return problems + [f"{key}: the bucket of {location} does not exist; accepted: an existing bucket "
+                               "(create it first), or a local path"]
         exists = Store.at(location).exists()
     except (StorageError, OSError) as exc:
         return problems + [f"{key}: cannot reach {location} ({str(exc).splitlines()[0][:200]}); accepted: a "

@@ -49,6 +49,16 @@ def filesystem(location: str) -> tuple[Any, str]:
         raise StorageError(f"cannot open {location} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
 
 
+def root_exists(location: str) -> bool:
+    """An object-store URI's bucket (the first part of its path) exists; a local path's nearest folder does."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(location)
+    if not is_uri(location):
+        return True
+    return fs.get_file_info(path.split("/", 1)[0]).type == pafs.FileType.Directory
+
+
 class Store:
     """A folder on some filesystem: relative paths in, bytes and text out."""
 

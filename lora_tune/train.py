@@ -84,8 +84,10 @@ def make_optimizer(cfg: TrialConfig, params: list[torch.nn.Parameter], device: t
 
 
 def build_state(cfg: TrialConfig, workers: Workers, data: task_data.TaskData | None = None, base: Any = None,
-                reuse_base: bool = True) -> TrialState:
-    """Tokenizer, data, base + fresh adapter, optimizer, LR schedule and loss scaler for `cfg`.
+                reuse_base: bool = True, resume_from: Path | None = None) -> TrialState:
+    """Tokenizer, data, base + fresh adapter (with the weights of `resume_from`'s adapter), optimizer, LR schedule
+    and loss scaler for `cfg`. The adapter's weights are loaded before the model is made data parallel (FSDP
+    shards whole tensors; DDP starts from rank 0's).
 
     The base comes from `base`, else this process's BASE_CACHE (`reuse_base`), else a fresh load."""
     from transformers import get_scheduler
@@ -104,6 +106,8 @@ def build_state(cfg: TrialConfig, workers: Workers, data: task_data.TaskData | N
     model = models.attach_adapter(base, cfg.peft, cfg.max_steps, cfg.model.gradient_checkpointing)
     if cache is not None:
         cache.adapted_by(model)
+    if resume_from is not None:
+        load_adapter_weights(model, resume_from)
     trainable = workers.wrap(SupervisedLoss(model, precision), model)
     optimizer = make_optimizer(cfg, [p for p in trainable.parameters() if p.requires_grad], workers.device)
     scheduler = get_scheduler(cfg.train.lr_scheduler, optimizer,
@@ -231,13 +235,16 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def restore_checkpoint(state: TrialState, checkpoint: Path) -> None:
-    """Load adapter weights, optimizer, LR schedule, loss scaler and RNG state; training continues after its step."""
+def load_adapter_weights(model: Any, checkpoint: Path) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    weights = load_file(str(checkpoint / ADAPTER_DIR / "adapter_model.safetensors"))
-    set_peft_model_state_dict(state.model, weights)
+    set_peft_model_state_dict(model, load_file(str(checkpoint / ADAPTER_DIR / "adapter_model.safetensors")))
+
+
+def restore_checkpoint(state: TrialState, checkpoint: Path) -> None:
+    """Load optimizer, LR schedule, loss scaler and RNG state (build_state loaded the adapter's weights);
+    training continues after the checkpoint's step."""
     saved = torch.load(checkpoint / STATE_FILE, weights_only=False)
     distributed.load_optimizer_state(state.trainable, state.optimizer, saved["optimizer"], state.workers)
     state.scheduler.load_state_dict(saved["scheduler"])
@@ -280,7 +287,7 @@ def run_trial(cfg: TrialConfig, report: Report, resume_from: str | None = None,
     memory.reset_peak(workers.device)
     started = time.perf_counter()
     hits = models.BASE_CACHE.hits
-    state = build_state(cfg, workers, data, base, reuse_base)
+    state = build_state(cfg, workers, data, base, reuse_base, Path(resume_from) if resume_from else None)
     base_reused = models.BASE_CACHE.hits > hits
     resumed_from_step = 0
     if resume_from:

@@ -73,7 +73,10 @@ def resume_point(store: Store, checkpoint: Any, local: Path) -> str | None:
     trial's resume/ state, whichever is newer; None for a fresh start."""
     candidates = []
     if checkpoint is not None:
-        folder = Path(checkpoint.to_directory(str(local / "checkpoint")))
+        try:
+            folder = Path(checkpoint.to_directory(str(local / "checkpoint")))
+        except (FileNotFoundError, OSError):  # a restored experiment state may name a checkpoint Ray pruned since
+            folder = local / "missing"
         if (folder / STATE_FILE).is_file():
             step = int(json.loads((folder / "metrics.json").read_text())["step"])
             candidates.append((step, str(folder)))
@@ -128,7 +131,32 @@ def make_trainable(cfg: SweepConfig, data: TaskData | None) -> Any:
 
         run_in_trial(cfg, params, data, trial_store(), tune.get_checkpoint(), report)
 
-    return tune.with_parameters(lora_trial, data=data)
+    return resilient(lora_trial, data)
+
+
+def resilient(fn: Any, data: TaskData | None) -> type:
+    """`fn` as a Tune trainable class that survives a restore from a checkpoint Ray has since pruned.
+
+    Ray snapshots the experiment state every ~10 s while it deletes checkpoints beyond ray.num_to_keep at once, so
+    a sweep resumed after its driver was killed can name a trial's latest checkpoint that is gone; Ray's own
+    restore then fails the trial on every retry. Such a trial starts without a Tune checkpoint instead and
+    resumes from its resume/ state (resume_point)."""
+    from ray.tune.trainable.function_trainable import wrap_function
+
+    class LoraTrial(wrap_function(tune.with_parameters(fn, data=data))):
+        def restore(self, checkpoint_path: Any) -> Any:
+            if isinstance(checkpoint_path, str):
+                checkpoint = tune.Checkpoint.from_directory(checkpoint_path)
+            else:
+                checkpoint = getattr(checkpoint_path, "checkpoint", checkpoint_path)
+            if Store(checkpoint.filesystem, checkpoint.path).exists():
+                return super().restore(checkpoint_path)
+            logging.getLogger(__name__).warning("%s is gone; the trial resumes from its resume/ state",
+                                                checkpoint.path)
+            return None
+
+    LoraTrial.__name__ = "lora_trial"
+    return LoraTrial
 
 
 def trial_resources(cfg: SweepConfig) -> dict[str, float]:
@@ -231,7 +259,6 @@ def unwrap(error: BaseException) -> BaseException:
 def train_driver(cfg: SweepConfig, data: TaskData | None) -> Any:
     """The Tune trainable of a multi-worker trial: a TorchTrainer per start of the trial (Tune's checkpoint and
     the trial's resume/ state are what a restart continues from)."""
-    from ray.tune.trainable.function_trainable import wrap_function
 
     def lora_trial(params: dict[str, Any], data: TaskData | None = None) -> None:
         import ray.train
@@ -260,7 +287,7 @@ def train_driver(cfg: SweepConfig, data: TaskData | None) -> Any:
 
         run_under_tune(trainer_for)
 
-    class TrainDriver(wrap_function(tune.with_parameters(lora_trial, data=data))):
+    class TrainDriver(resilient(lora_trial, data)):
         def cleanup(self) -> None:
             """Tune stops or pauses the trial (ASHA, PBT): abort the Train run so that its workers' placement
             group is released (Ray Train's own cleaner needs the dashboard's state API)."""

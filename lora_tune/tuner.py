@@ -29,7 +29,14 @@ def init_ray(cfg: SweepConfig) -> None:
 
     os.environ.update(WORKER_ENV)
     if cfg.ray.address:  # cluster workers do not inherit this process's environment
-        ray.init(address=cfg.ray.address, log_to_driver=True, runtime_env={"env_vars": WORKER_ENV})
+        try:
+            ray.init(address=cfg.ray.address, log_to_driver=True, runtime_env={"env_vars": WORKER_ENV})
+        except ConnectionError as exc:
+            cause = str(exc.__cause__ or exc).splitlines()[0]
+            hint = ("; with token authentication set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN"
+                    if "token" in cause.lower() else "")
+            raise ConfigError([f"ray.address: cannot join the cluster at {cfg.ray.address} ({cause[:200]})"
+                               f"{hint}"]) from None
     else:
         # A new local instance on the loopback interface: address="local" never joins another Ray that is
         # running on this machine (ray.init() alone would attach to it through /tmp/ray/ray_current_cluster).

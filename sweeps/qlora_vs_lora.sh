@@ -9,6 +9,6 @@ exec "${PYTHON:-python}" -m lora_tune.sweep \
   num_samples=2 \
   peft.r=16 \
   peft.alpha=32 \
-  'peft.target_modules=[q_proj,k_proj,v_proj,o_proj]' \
+  peft.target_modules=attention \
   sweep_name=qlora_vs_lora-$(date +%Y%m%d-%H%M%S) \
   "$@"

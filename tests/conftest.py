@@ -1,15 +1,19 @@
-"""Shared fixtures: configs composed by Hydra exactly as the command line would, shrunk for CPU."""
+"""Shared fixtures: configs composed by Hydra exactly as the command line would, shrunk for CPU; one S3 server
+and one two-node Ray cluster per session."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from lora_tune.compose import compose_config
 from lora_tune.config import Dimension, SweepConfig
+from tests.ray_cluster import CLUSTER_TOKEN, LocalCluster, start_cluster
+from tests.s3_server import S3Server, start_s3
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -33,3 +37,28 @@ def tiny_cfg(tmp_path: Path) -> SweepConfig:
 def with_space(cfg: SweepConfig, **dims: dict) -> SweepConfig:
     """Replace the search space with `name={key, type, values...}` entries."""
     return dataclasses.replace(cfg, search_space={name: Dimension(**spec) for name, spec in dims.items()})
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    """One S3-compatible server (moto, a real process on 127.0.0.1) for the session; its endpoint and credentials
+    are in the environment, as a user's would be (AWS_ENDPOINT_URL, AWS_* keys)."""
+    server = start_s3()
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in server.env.items():
+            patch.setenv(key, value)
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster(s3: S3Server) -> Iterator[LocalCluster]:
+    """One real two-node Ray cluster for the session (token auth; the worker node with its own HOME, temp dir and
+    working directory; both nodes see the S3 endpoint)."""
+    started = start_cluster(nodes=2, cpus_per_node=1, token=CLUSTER_TOKEN, extra_env=s3.env)
+    try:
+        yield started
+    finally:
+        started.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -24,12 +25,39 @@ import requests
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
+# The session cluster's token (one module, so conftest.py and the tests that import it agree on it).
+CLUSTER_TOKEN = secrets.token_hex(16)
+
+
+def laptop_env(token: str | None, home: Path, extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """A laptop's environment: its own HOME (no ~/.ray/auth_token), a token or not, no W&B or HF settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "WANDB_", "HF_"))}
+    env.update({"HOME": str(home), **(extra_env or {})})
+    if token:
+        env["RAY_AUTH_TOKEN"] = token
+    return env
+
+
+def laptop(args: list[str], token: str | None, home: Path, timeout: float = 600,
+           extra_env: dict[str, str] | None = None, module: str = "lora_tune.sweep") -> subprocess.CompletedProcess:
+    """`python -m lora_tune.sweep ...` (or another module) as a laptop runs it."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=laptop_env(token, home, extra_env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+_HANDED_OUT: set[int] = set()
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port on 127.0.0.1 not handed out before in this process (Ray refuses one port for two components,
+    and the OS may offer a port again once the probing socket is closed)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def node_ports() -> list[str]:
@@ -49,25 +77,42 @@ class LocalCluster:
     temp_dir: Path
     logs: Path
     procs: list[subprocess.Popen] = field(default_factory=list)
+    worker_homes: list[Path] = field(default_factory=list)
 
     @property
     def dashboard(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    def node_ids(self) -> dict[str, str]:
+        """{"head": id, "worker": id} of a two-node cluster, from the dashboard."""
+        reply = requests.get(f"{self.dashboard}/nodes?view=summary", headers=self.headers(), timeout=10)
+        nodes = reply.json()["data"]["summary"]
+        return {"head" if n["raylet"].get("isHeadNode") else "worker": n["raylet"]["nodeId"] for n in nodes
+                if n["raylet"].get("state") == "ALIVE"}
+
     def start_node(self, head: bool, num_cpus: int) -> None:
+        """The head, or a worker node with a HOME, temp dir and working directory of its own (nothing it writes
+        lands where the head or the laptop would find it)."""
         cmd = [str(VENV_BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
                "--num-gpus=0", "--disable-usage-stats", *node_ports()]
+        env, cwd = dict(self.env), self.temp_dir
         if head:
             cmd += ["--head", f"--port={self.gcs_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
                     f"--dashboard-port={self.dashboard_port}", f"--ray-client-server-port={free_port()}",
                     f"--temp-dir={self.temp_dir}"]
         else:  # its own temp dir: nodes sharing one would delete each other's runtime_env packages
             node_dir = self.temp_dir / f"n{len(self.procs)}"
-            node_dir.mkdir()
+            (node_dir / "home").mkdir(parents=True)
             cmd += [f"--address=127.0.0.1:{self.gcs_port}", f"--temp-dir={node_dir}"]
+            env["HOME"], cwd = str(node_dir / "home"), node_dir
+            self.worker_homes.append(node_dir / "home")
         log = open(self.logs / f"node{len(self.procs)}.log", "wb")  # noqa: SIM115 - lives as long as the node
-        self.procs.append(subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                           start_new_session=True, cwd=self.temp_dir))
+        self.procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                           start_new_session=True, cwd=cwd))
 
     def headers(self) -> dict[str, str]:
         token = self.env.get("RAY_AUTH_TOKEN")
@@ -127,11 +172,12 @@ class _ignore_missing:
         return kind is ProcessLookupError or kind is PermissionError
 
 
-def cluster_env(token: str | None) -> dict[str, str]:
-    """The nodes' environment: this venv first on PATH (jobs run `python`), token auth on or off."""
+def cluster_env(token: str | None, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The nodes' environment: this venv first on PATH (jobs run `python`), token auth on or off, `extra` (an
+    object store's endpoint and credentials, say)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "WANDB_", "HF_"))}
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-    env.update({"RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"})
+    env.update({"RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false", **(extra or {})})
     if token:
         env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
     else:
@@ -139,11 +185,12 @@ def cluster_env(token: str | None) -> dict[str, str]:
     return env
 
 
-def start_cluster(nodes: int = 2, cpus_per_node: int = 1, token: str | None = None) -> LocalCluster:
+def start_cluster(nodes: int = 2, cpus_per_node: int = 1, token: str | None = None,
+                  extra_env: dict[str, str] | None = None) -> LocalCluster:
     """A head (with the dashboard on 127.0.0.1) plus `nodes - 1` workers, all up and registered."""
     temp_dir = Path(tempfile.mkdtemp(prefix="lt-ray-", dir="/tmp"))  # short: Ray's socket paths have a limit
     logs = Path(tempfile.mkdtemp(prefix="lora_tune-cluster-logs-"))
-    cluster = LocalCluster(gcs_port=free_port(), dashboard_port=free_port(), env=cluster_env(token),
+    cluster = LocalCluster(gcs_port=free_port(), dashboard_port=free_port(), env=cluster_env(token, extra_env),
                            temp_dir=temp_dir, logs=logs)
     cluster.start_node(head=True, num_cpus=cpus_per_node)
     cluster.wait_for(1)

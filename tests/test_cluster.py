@@ -9,12 +9,9 @@ The cluster tests start `ray start` nodes on 127.0.0.1 (tests/ray_cluster.py) wi
 from __future__ import annotations
 
 import csv
-import os
 import re
 import secrets
 import shlex
-import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
@@ -25,13 +22,14 @@ import yaml
 from lora_tune import jobs
 from lora_tune.compose import compose_config
 from lora_tune.config import ConfigError
-from tests.ray_cluster import LocalCluster, start_cluster
+from tests.ray_cluster import CLUSTER_TOKEN, LocalCluster, laptop
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_DIR = REPO / "cluster"
-TOKEN = secrets.token_hex(16)
+TOKEN = CLUSTER_TOKEN
 PLANTED = {"WANDB_API_KEY": "plantedwandb" + secrets.token_hex(14), "HF_TOKEN": "hf_planted" + secrets.token_hex(12)}
-TINY = ["experiment=tiny", "data.max_train_examples=32", "data.test_examples=4", "scheduler=fifo"]
+# the nodes of this cluster share this machine's disk: a shared mount, truly
+TINY = ["experiment=tiny", "data.max_train_examples=32", "data.test_examples=4", "scheduler=fifo", "ray.shared_fs=true"]
 
 
 # --- the submission path, without a cluster ---------------------------------------------------------------------
@@ -63,7 +61,8 @@ def test_job_keys_are_validated() -> None:
     text = "\n".join(err.value.problems)
     assert "ray.address: got 'ftp://head'; accepted: null, auto, HOST:PORT" in text
     assert "detach: needs a job address" in text and "attach: accepted: a job id" in text
-    cfg = compose_config(["ray.address=http://127.0.0.1:8265", "detach=true", "ray.pip=['transformers>=5']"])
+    cfg = compose_config(["ray.address=http://127.0.0.1:8265", "detach=true", "ray.pip=['transformers>=5']",
+                          "ray.storage_path=s3://bucket/sweeps"])
     assert jobs.is_job_address(cfg.ray.address) and list(cfg.ray.pip) == ["transformers>=5"]
 
 
@@ -130,7 +129,8 @@ def test_token_comes_from_the_environment_then_the_token_file(tmp_path: Path, mo
 
 
 def test_unreachable_dashboard_is_one_line(tmp_path: Path) -> None:
-    result = laptop(["experiment=tiny", f"output_dir={tmp_path}", "ray.address=http://127.0.0.1:9"], token=None,
+    result = laptop(["experiment=tiny", f"output_dir={tmp_path}", "ray.address=http://127.0.0.1:9",
+                     "ray.shared_fs=true"], token=None,
                     home=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("lora_tune: error: ray.address: cannot reach")
@@ -156,6 +156,24 @@ def assert_token_auth(containers: list[dict]) -> None:
         assert "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"], "the token must come from a Secret"
 
 
+def assert_object_store_and_shared_cache(containers: list[dict]) -> None:
+    """Sweeps go to the bucket named by a Secret (ray.storage_path's default), credentials from it too; HF_TOKEN
+    from a Secret; one Hugging Face cache on the shared volume."""
+    for container in containers:
+        env = {e["name"]: e for e in container.get("env", [])}
+        for name in ("LORA_TUNE_STORAGE_PATH", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN"):
+            assert "secretKeyRef" in env[name]["valueFrom"], name
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        assert env["HF_HOME"]["value"].startswith("/mnt/shared/") and "/mnt/shared" in mounts
+
+
+def test_storage_path_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LORA_TUNE_STORAGE_PATH", "s3://team-bucket/sweeps")
+    assert compose_config([]).ray.storage_path == "s3://team-bucket/sweeps"
+    monkeypatch.delenv("LORA_TUNE_STORAGE_PATH")
+    assert compose_config([]).ray.storage_path is None
+
+
 def test_launcher_yaml_has_gpu_workers_autoscaling_docker_and_auth() -> None:
     (config,) = load_all("launcher-aws.yaml")
     for key in ("cluster_name", "provider", "auth", "available_node_types", "head_node_type", "docker",
@@ -170,6 +188,12 @@ def test_launcher_yaml_has_gpu_workers_autoscaling_docker_and_auth() -> None:
     head = " ".join(config["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head and "RAY_AUTH_MODE=token" in head
     assert "RAY_AUTH_MODE=token" in " ".join(config["worker_start_ray_commands"])
+    run_options = " ".join(config["docker"]["run_options"])
+    assert re.search(r"--env LORA_TUNE_STORAGE_PATH=s3://\S+", run_options)  # sweeps in S3 by default
+    assert all("IamInstanceProfile" in t["node_config"] for t in types.values())  # the bucket through a role
+    assert "sudo" not in " ".join(config.get("setup_commands", []))  # the container has no sudo
+    text = (CLUSTER_DIR / "launcher-aws.yaml").read_text()
+    assert "# initialization_commands:" in text and "--volume /mnt/efs:/mnt/efs" in text  # host mount, passed in
 
 
 def test_kuberay_raycluster_has_a_gpu_group_and_token_auth() -> None:
@@ -183,8 +207,12 @@ def test_kuberay_raycluster_has_a_gpu_group_and_token_auth() -> None:
     assert spec["enableInTreeAutoscaling"] is True
     head = spec["headGroupSpec"]["template"]["spec"]["containers"]
     assert_token_auth(head + group["template"]["spec"]["containers"])
-    assert "kubectl create secret generic lora-tune-ray-token" in (CLUSTER_DIR / "kuberay-raycluster.yaml").read_text()
-    assert any(d["kind"] == "PersistentVolumeClaim" for d in docs), "no shared volume for ray.storage_path"
+    assert_object_store_and_shared_cache(head + group["template"]["spec"]["containers"])
+    text = (CLUSTER_DIR / "kuberay-raycluster.yaml").read_text()
+    assert "kubectl create secret generic lora-tune-ray-token" in text
+    assert "kubectl create secret generic lora-tune-storage" in text and "ray.shared_fs=true" in text
+    (claim,) = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
 def test_kuberay_rayjob_submits_the_sweep() -> None:
@@ -195,7 +223,11 @@ def test_kuberay_rayjob_submits_the_sweep() -> None:
     group = gpu_group(spec["rayClusterSpec"])
     assert group["minReplicas"] <= group["maxReplicas"]
     assert spec["shutdownAfterJobFinishes"] in (True, False)
-    assert_token_auth(spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"])
+    containers = (spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"]
+                  + group["template"]["spec"]["containers"])
+    assert_token_auth(containers)
+    assert_object_store_and_shared_cache(containers)
+    assert "storage_path=/" not in spec["entrypoint"]  # the bucket from the Secret, not a pod's disk
 
 
 def test_dockerfile_pins_a_cuda_base_and_installs_the_project() -> None:
@@ -207,26 +239,6 @@ def test_dockerfile_pins_a_cuda_base_and_installs_the_project() -> None:
 
 
 # --- a real two-node cluster ---------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def cluster() -> LocalCluster:
-    started = start_cluster(nodes=2, cpus_per_node=1, token=TOKEN)
-    try:
-        yield started
-    finally:
-        started.stop()
-
-
-def laptop(args: list[str], token: str | None, home: Path, timeout: float = 600,
-           extra_env: dict[str, str] | None = None, module: str = "lora_tune.sweep") -> subprocess.CompletedProcess:
-    """`python -m lora_tune.sweep ...` as a laptop runs it: its own HOME (no ~/.ray/auth_token), a token or not."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "WANDB_", "HF_"))}
-    env.update({"HOME": str(home), **(extra_env or {})})
-    if token:
-        env["RAY_AUTH_TOKEN"] = token
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
 
 def job_id_of(stderr: str) -> str:
     return re.search(r"submitted job (raysubmit_\w+)", stderr).group(1)

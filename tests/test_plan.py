@@ -126,6 +126,53 @@ def test_cluster_recipe_fits_24gb_gpus_by_dry_run() -> None:
     assert done.stdout.strip().splitlines()[-1].endswith("all 6 trial classes fit; nothing was started")
 
 
+def test_the_8b_recipe_at_16_bits_fits_four_24gb_gpus_with_fsdp_not_with_ddp() -> None:
+    shared = ("quant.bits=16", "resources.workers_per_trial=4")
+    fsdp = run_recipe(REPO / "sweeps" / "cluster_llama3_8b.sh", *shared, "resources.strategy=fsdp")
+    assert fsdp.returncode == 0, fsdp.stderr[-2000:]
+    assert "4 workers per trial (fsdp, strict_pack); memory per worker" in fsdp.stdout
+    assert fsdp.stdout.strip().splitlines()[-1].endswith("all 6 trial classes fit; nothing was started")
+    ddp = run_recipe(REPO / "sweeps" / "cluster_llama3_8b.sh", *shared, "resources.strategy=ddp")
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    assert "trial classes do NOT fit" in ddp.stdout.strip().splitlines()[-1]
+    rows = {line.split()[2]: line.split() for line in ddp.stdout.splitlines()
+            if line.strip().startswith("16 ") and "lora" in line}
+    per_gpu_ddp = {line.split()[1] + line.split()[2]: float(line.split()[-2]) for line in ddp.stdout.splitlines()
+                   if line.strip().startswith("16 ") and "lora" in line}
+    per_gpu_fsdp = {line.split()[1] + line.split()[2]: float(line.split()[-2]) for line in fsdp.stdout.splitlines()
+                    if line.strip().startswith("16 ") and "lora" in line}
+    assert rows and all(per_gpu_fsdp[k] < per_gpu_ddp[k] / 2 for k in per_gpu_ddp)  # sharded 4 ways
+
+
+def test_workers_split_the_batch_and_fsdp_shards_the_weights() -> None:
+    from lora_tune.model import meta_model
+    from lora_tune.plan import load_architecture, worker_memory
+
+    cfg = llama8b("quant.bits=16")
+    trial = cfg.trial_config()
+    config, _ = load_architecture(trial.model)
+    model = meta_model(config)
+    one = worker_memory(config, model, trial, "cuda", cfg.resources)
+    ddp = worker_memory(config, model, trial, "cuda",
+                        dataclasses.replace(cfg.resources, workers_per_trial=4, strategy="ddp"))
+    fsdp = worker_memory(config, model, trial, "cuda",
+                         dataclasses.replace(cfg.resources, workers_per_trial=4, strategy="fsdp"))
+    assert ddp["activations"] < one["activations"] and ddp["weights"] == one["weights"]
+    assert ddp["total"] > one["total"] - (one["activations"] - ddp["activations"]) * 1.1  # + buckets, comms
+    assert fsdp["optimizer"] == pytest.approx(one["optimizer"] / 4)
+    # a quarter of the weights plus the two decoder layers being gathered (32 layers: 2/32 of the base)
+    assert fsdp["weights"] == pytest.approx(one["weights"] / 4 + one["weights"] * 2 / 32, rel=0.02)
+
+
+def test_the_plan_counts_the_reference_task_and_the_winners_scoring(tiny_cfg: SweepConfig) -> None:
+    plan = make_plan(dataclasses.replace(tiny_cfg, eval=dataclasses.replace(tiny_cfg.eval, baseline=True)))
+    names = [extra.name for extra in plan.extras]
+    assert names == ["reference: base model scored on the test split (16-bit)",
+                     "reference: default-LoRA baseline trial (16-bit, then scored)",
+                     "the winner scored on the test split"]
+    assert all(extra.fits and extra.total_bytes > 0 for extra in plan.extras)
+
+
 def test_every_recipe_states_its_purpose() -> None:
     assert {r.stem for r in RECIPES} >= {"quickstart", "qlora_vs_lora", "target_modules", "rank_alpha",
                                          "cluster_llama3_8b"}

@@ -61,9 +61,11 @@ def ray_head(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[
 
 
 def sweep_command(out: Path, *overrides: str) -> list[str]:
+    """The sweep, on local Ray or (with a ray.address) on a cluster whose nodes all run on this machine: they
+    share its disk, a shared mount truly (ray.shared_fs=true)."""
     return [sys.executable, "-m", "lora_tune.sweep", "experiment=tiny", f"output_dir={out}", "sweep_name=chaos",
             "wandb.mode=disabled", "scheduler=fifo", "data.max_train_examples=32", "data.exact_match_examples=0",
-            "train.eval_every=4", *overrides]
+            "train.eval_every=4", "ray.shared_fs=true", *overrides]
 
 
 def progress(sweep_dir: Path) -> dict[str, dict]:

@@ -122,3 +122,44 @@ def test_a_diverging_trial_ends_as_error_and_the_sweep_goes_on(tmp_path: Path) -
     assert rows[1e4]["failures"] == cfg.ray.max_failures + 1  # retried, and each retry failed at once
     assert rows[1e-3]["status"] == "TERMINATED" and rows[1e-3]["steps"] == 8
     assert summary["trial_id"] == rows[1e-3]["trial_id"]
+
+
+def test_the_exported_adapter_is_the_checkpoint_where_the_metric_was_measured(finished_sweep) -> None:
+    sweep_dir, summary, _ = finished_sweep
+    (trial_dir,) = sweep_dir.glob(f"lora_trial_{summary['trial_id']}_*")
+    at_step = [c for c in trial_dir.glob("checkpoint_*")
+               if json.loads((c / "metrics.json").read_text())["step"] == summary["step"]]
+    assert len(at_step) == 1, "the winner's checkpoint of its best step is kept"
+    assert json.loads((at_step[0] / "metrics.json").read_text())["eval_loss"] == summary["value"]
+    exported = (sweep_dir / "best" / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert exported == (at_step[0] / "adapter" / "adapter_model.safetensors").read_bytes()
+
+
+def test_pbt_exploited_trials_train_at_their_own_mutated_learning_rate(tmp_path: Path) -> None:
+    """After an exploit a trial continues from another trial's state with its mutated config: every report's lr
+    is its current config's lr on the linear schedule (not the donor's, which the restored state would carry)."""
+    from lora_tune.compose import compose_config
+
+    cfg = compose_config(["experiment=tiny", f"output_dir={tmp_path}", "sweep_name=pbt", "wandb.mode=disabled",
+                          "scheduler=pbt", "scheduler.perturbation_interval=4", "scheduler.quantile_fraction=0.5",
+                          "num_samples=4", "max_steps=16", "train.eval_every=4", "train.lr_scheduler=linear",
+                          "train.warmup_ratio=0", "data.max_train_examples=16", "data.exact_match_examples=0",
+                          "verbose=0"])
+    cfg = with_space(cfg, lr={"key": "train.lr", "type": "loguniform", "low": 1e-6, "high": 1e-1},
+                     bits={"key": "quant.bits", "type": "choice", "values": [16]})
+    run_sweep(cfg)
+    from lora_tune.results import trial_histories
+    from lora_tune.storage import Store
+
+    histories = trial_histories(Store.at(tmp_path / "pbt"))
+    assert len(histories) == 4
+    exploited = 0
+    for reports in histories.values():
+        lrs = {r["config"]["train.lr"] for r in reports}
+        exploited += len(lrs) > 1
+        for r in reports:
+            expected = r["config"]["train.lr"] * (16 - r["step"]) / 16
+            assert r["lr"] == pytest.approx(expected, rel=1e-6, abs=1e-12), (r["step"], r["lr"], expected)
+    assert exploited, "PBT exploited no trial"
+    rows = json.loads((tmp_path / "pbt" / "results.json").read_text())
+    assert all(r["status"] == "TERMINATED" and r["steps"] == 16 for r in rows if r["role"] == "trial")

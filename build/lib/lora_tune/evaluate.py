@@ -1,0 +1,127 @@
+"""Held-out evaluation: mean answer-token loss and generation metrics of greedy answers.
+
+Trials call `eval_loss` and `generation_scores` on validation data at their evaluations (each worker takes its
+share, results are combined); `score_model` scores a model on the test split: the winner after the sweep
+(`score_on_test`), the base and the default-LoRA baseline while the trials run (baseline.py). Memory is
+bounded: evaluation batches are train.eval_batch_size examples and the loss never materialises
+full-vocabulary logits (loss.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lora_tune import metrics as scoring
+from lora_tune.data import IGNORE_INDEX, Generation, collate, encode_prompt
+from lora_tune.distributed import Workers
+
+
+@torch.no_grad()
+def eval_loss(loss_module: torch.nn.Module, examples: list[dict], pad_id: int, batch_size: int,
+              workers: Workers | None = None) -> float:
+    """Mean loss over all answer tokens of `examples` (token-weighted, padding ignored); the examples are shared
+    out among the workers."""
+    workers = workers or Workers()
+    indices, real = workers.shard(len(examples))
+    device = next(p for p in loss_module.parameters()).device
+    total, tokens = 0.0, 0
+    was_training = loss_module.training
+    loss_module.eval()
+    for start in range(0, len(indices), batch_size):
+        batch_examples = [examples[i] if start + n < real else _unsupervised(examples[i])
+                          for n, i in enumerate(indices[start:start + batch_size])]
+        batch = {k: v.to(device) for k, v in collate(batch_examples, pad_id).items()}
+        total += float(loss_module(**batch))
+        tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    loss_module.train(was_training)
+    total, tokens = workers.all_sum(total), workers.all_sum(tokens)
+    if not tokens:
+        raise ValueError("the evaluation examples have no supervised token")
+    return total / tokens
+
+
+def _unsupervised(example: dict) -> dict:
+    return {**example, "labels": [IGNORE_INDEX] * len(example["labels"])}
+
+
+@torch.no_grad()
+def generate(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int, precision: Any = None,
+             batch_size: int = 16, synced: bool = False) -> list[str]:
+    """Greedy answers to tokenized prompts, batched with left padding (`synced`: every worker of an FSDP trial
+    runs the same number of decoding steps)."""
+    import contextlib
+
+    model_was_training = model.training
+    model.eval()
+    device = next(p for p in model.parameters()).device
+    answers = []
+    autocast = precision.autocast() if precision is not None else contextlib.nullcontext()
+    with autocast:
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start:start + batch_size]
+            width = max(len(p) for p in chunk)
+            ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in chunk], device=device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
+            output = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                    do_sample=False, use_cache=True, pad_token_id=tokenizer.pad_token_id,
+                                    eos_token_id=tokenizer.eos_token_id, synced_gpus=synced)
+            answers.extend(tokenizer.batch_decode(output[:, width:], skip_special_tokens=True))
+    model.train(model_was_training)
+    return answers
+
+
+def generation_scores(model: Any, tokenizer: Any, items: list[Generation], names: list[str], cfg: Any,
+                      precision: Any = None, workers: Workers | None = None) -> dict[str, float]:
+    """{eval_<metric>: value} of greedy answers to `items`, the rows shared out among the workers."""
+    workers = workers or Workers()
+    indices, real = workers.shard(len(items))
+    answers = generate(model, tokenizer, [items[i].prompt_ids for i in indices], cfg.data.max_new_tokens,
+                       precision, cfg.train.eval_batch_size, synced=workers.strategy == "fsdp" and workers.distributed)
+    pairs = workers.gather([(answer, items[i].reference) for answer, i in zip(answers[:real], indices[:real])])
+    return scoring.score(names, [a for a, _ in pairs], [r for _, r in pairs], cfg.eval.answer_regex)
+
+
+def answer_messages(model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]],
+                    max_new_tokens: int) -> list[str]:
+    """Greedy answers to chat conversations (the tokenizer's chat template, generation prompt added)."""
+    return generate(model, tokenizer, [encode_prompt(tokenizer, c) for c in conversations], max_new_tokens)
+
+
+def score_model(model: Any, tokenizer: Any, cfg: Any, examples: list[dict], items: list[Generation],
+                precision: Any) -> dict[str, float]:
+    """{loss, <metric>...} of one model on the test split."""
+    from lora_tune.loss import SupervisedLoss
+
+    out = {"loss": eval_loss(SupervisedLoss(model, precision), examples, tokenizer.pad_token_id,
+                             cfg.train.eval_batch_size)}
+    names = cfg.generation_metrics()
+    if names and items:
+        scores = generation_scores(model, tokenizer, items, names, cfg, precision)
+        out |= {name.removeprefix("eval_"): value for name, value in scores.items()}
+    return out
+
+
+def score_on_test(cfg: Any, adapter_location: str, num_threads: int = 1) -> dict[str, Any]:
+    """The winner's scores on the test split (its base quantized as it trained, its precision, one base in
+    memory). `adapter_location`: a complete adapter folder, local or in object storage."""
+    from lora_tune import model as models
+    from lora_tune import precision as precisions
+    from lora_tune.data import test_items
+    from lora_tune.storage import Store
+
+    torch.set_num_threads(num_threads)
+    adapter = Store.at(adapter_location).local_dir("")
+    model, tokenizer = models.load_with_adapter(cfg, str(adapter))
+    precision = precisions.resolve(cfg.train.precision, next(model.parameters()).device)
+    examples, items = test_items(tokenizer, cfg.data, cfg.seed)
+    scores = score_model(model, tokenizer, cfg, examples, items, precision)
+    return {"split": cfg.data.test_split, "examples": len(examples), "headline": headline(cfg),
+            **{f"winner_{k}": v for k, v in scores.items()}}
+
+
+def headline(cfg: Any) -> str:
+    """The score the summary line shows: the first generation metric, else the loss."""
+    names = cfg.generation_metrics()
+    return scoring.metric_name(names[0]).removeprefix("eval_") if names else "loss"

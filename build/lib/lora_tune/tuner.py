@@ -1,0 +1,224 @@
+"""Ray Tune, driver side: start Ray, build the Tuner (space, scheduler, search algorithm, resources, storage),
+run or restore it, and the callbacks that mirror trials into W&B and count their failures.
+
+The trial side (what runs inside each trial) is trainable.py; the Jobs API client is jobs.py.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from ray import tune
+
+from lora_tune.config import Dimension, SweepConfig
+from lora_tune.errors import ConfigError
+from lora_tune.space import encode_value, overrides_from_params
+
+# Trial processes inherit these: quiet libraries, no tokenizer thread pools fighting the trial's threads.
+# A Ray Train trial's workers wait for their resources while other trials (or the reference task) hold them.
+WORKER_ENV = {"TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false",
+              "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1",
+              "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning",
+              "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "86400"}
+
+
+def init_ray(cfg: SweepConfig) -> None:
+    import ray
+
+    os.environ.update(WORKER_ENV)
+    if cfg.ray.address:  # cluster workers do not inherit this process's environment
+        ray.init(address=cfg.ray.address, log_to_driver=True, runtime_env={"env_vars": WORKER_ENV})
+    else:
+        # A new local instance on the loopback interface: address="local" never joins another Ray that is
+        # running on this machine (ray.init() alone would attach to it through /tmp/ray/ray_current_cluster).
+        ray.init(address="local", num_cpus=cfg.resources.num_cpus, include_dashboard=False, log_to_driver=True,
+                 _node_ip_address="127.0.0.1")
+
+
+def shutdown_ray() -> None:
+    """Stop local Ray (flushing trial logs, so the summary is the last line); leave a cluster running."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def to_domain(dim: Dimension, grid: bool = False) -> Any:
+    """One dimension as a ray.tune domain; `grid` turns categorical choices into grid_search. A choice of one
+    value (a pinned key) is a constant."""
+    if dim.type in ("choice", "grid"):
+        values = [encode_value(v) for v in dim.values]
+        if len(values) == 1:
+            return values[0]
+        return tune.grid_search(values) if grid or dim.type == "grid" else tune.choice(values)
+    if grid:
+        raise ConfigError([f"search_space: {dim.key} is {dim.type}; search_alg=grid accepts only choice/grid entries"])
+    low, high, q = dim.low, dim.high, dim.q
+    makers = {
+        "uniform": lambda: tune.uniform(low, high),
+        "quniform": lambda: tune.quniform(low, high, q),
+        "loguniform": lambda: tune.loguniform(low, high),
+        "qloguniform": lambda: tune.qloguniform(low, high, q),
+        "randint": lambda: tune.randint(int(low), int(high)),
+        "qrandint": lambda: tune.qrandint(int(low), int(high), int(q)),
+        "lograndint": lambda: tune.lograndint(int(low), int(high)),
+    }
+    return makers[dim.type]()
+
+
+def param_space(dims: dict[str, Dimension], grid: bool = False) -> dict[str, Any]:
+    """The Tuner's param_space: {config key: domain}, e.g. {"peft.r": tune.choice([4, 8])}."""
+    return {dim.key: to_domain(dim, grid) for dim in dims.values()}
+
+
+def build_scheduler(cfg: SweepConfig) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    sched = cfg.scheduler
+    if sched.name == "asha":
+        return ASHAScheduler(time_attr="step", max_t=cfg.max_steps,
+                             grace_period=sched.grace_period or cfg.train.eval_every,
+                             reduction_factor=sched.reduction_factor, brackets=sched.brackets)
+    if sched.name == "pbt":
+        by_key = {dim.key: dim for dim in cfg.search_space.values()}
+        mutations = {key: to_domain(by_key[key]) for key in sched.mutate if key in by_key}
+        return PopulationBasedTraining(time_attr="step", perturbation_interval=sched.perturbation_interval,
+                                       hyperparam_mutations=mutations, quantile_fraction=sched.quantile_fraction,
+                                       resample_probability=sched.resample_probability)
+    return FIFOScheduler()
+
+
+def build_search_alg(cfg: SweepConfig) -> Any:
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    if cfg.search_alg.name == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        searcher = OptunaSearch(seed=cfg.seed)
+        limit = cfg.search_alg.max_concurrent
+        return ConcurrencyLimiter(searcher, max_concurrent=limit) if limit else searcher
+    return BasicVariantGenerator(random_state=cfg.seed, max_concurrent=cfg.search_alg.max_concurrent or 0)
+
+
+def tune_trainable(cfg: SweepConfig, data: Any) -> Any:
+    """The trial function with its shared data and per-trial resources attached."""
+    from lora_tune.trainable import make_trainable, trial_resources
+
+    return tune.with_resources(make_trainable(cfg, data), trial_resources(cfg))
+
+
+def storage_parent(location: str) -> tuple[str, str]:
+    """(storage_path, name) for Ray's RunConfig from the sweep's location (a path or a URI)."""
+    parent, name = location.rstrip("/").rsplit("/", 1)
+    return parent, name
+
+
+def concurrent_trials(cfg: SweepConfig) -> int | None:
+    """Trials at once: search_alg.max_concurrent, and for Ray Train trials (whose Tune trial reserves almost
+    nothing; each TorchTrainer reserves its workers) as many as the cluster's resources hold now."""
+    cap = cfg.search_alg.max_concurrent
+    res = cfg.resources
+    if res.workers_per_trial == 1:
+        return cap
+    import ray
+
+    available = ray.cluster_resources()
+    fits = int(available.get("CPU", 0) // (res.cpus_per_trial * res.workers_per_trial))
+    if res.gpus_per_trial:
+        fits = min(fits, int(available.get("GPU", 0) // (res.gpus_per_trial * res.workers_per_trial)))
+    return max(1, min(fits, cap) if cap else fits)
+
+
+def build_tuner(cfg: SweepConfig, location: str, data: Any, callbacks: list) -> Any:
+    storage_path, name = storage_parent(location)
+    return tune.Tuner(
+        tune_trainable(cfg, data),
+        param_space=param_space(cfg.search_space, grid=cfg.search_alg.name == "grid"),
+        tune_config=tune.TuneConfig(
+            metric=cfg.metric, mode=cfg.mode, num_samples=cfg.num_samples,
+            scheduler=build_scheduler(cfg), search_alg=build_search_alg(cfg),
+            max_concurrent_trials=concurrent_trials(cfg),
+            # One worker: its process keeps the loaded base for the next trial (model.BaseModelCache). Ray Train
+            # trials start new workers anyway, and an actor reset would not wait for a running TorchTrainer.
+            reuse_actors=cfg.resources.workers_per_trial == 1,
+        ),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage_path, callbacks=callbacks, verbose=cfg.verbose,
+            failure_config=tune.FailureConfig(max_failures=cfg.ray.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.ray.num_to_keep,
+                                                    checkpoint_score_attribute=cfg.metric,
+                                                    checkpoint_score_order=cfg.mode),
+        ),
+    )
+
+
+def restore_tuner(cfg: SweepConfig, location: str, data: Any, callbacks: list) -> Any:
+    """Continue an interrupted sweep: finished trials stay finished, unfinished ones resume from checkpoints."""
+    tuner = tune.Tuner.restore(location, trainable=tune_trainable(cfg, data), resume_unfinished=True,
+                               resume_errored=cfg.retry_errored)
+    # The restored RunConfig carries the callbacks pickled at the start; this run's tracker replaces them.
+    tuner._local_tuner.get_run_config().callbacks = callbacks
+    return tuner
+
+
+def start_task(cfg: SweepConfig, fn: Callable, *args: Any, all_cpus: bool = False) -> Any:
+    """`fn(*args, threads)` as a Ray task with one trial's (one worker's) resources, a GPU on a cluster, retried
+    like a trial; returns its ObjectRef. `all_cpus`: it runs once the trials are done and may use every CPU."""
+    import ray
+
+    res = cfg.resources
+    task = ray.remote(fn).options(num_cpus=res.cpus_per_trial, num_gpus=res.gpus_per_trial,
+                                  max_retries=max(cfg.ray.max_failures, 0))
+    threads = max(1, int(res.num_cpus or os.cpu_count() or 1)) if all_cpus else max(1, int(res.cpus_per_trial))
+    return task.remote(*args, threads)
+
+
+def task_result(ref: Any) -> Any:
+    """The task's return value (raises what the task raised)."""
+    import ray
+
+    return ray.get(ref)
+
+
+class FailureCounter(tune.Callback):
+    """Remembers how often each trial failed (Ray restores `num_failures` with the experiment state)."""
+
+    def __init__(self) -> None:
+        self.failures: dict[str, int] = {}
+
+    def _record(self, trial: Any) -> None:
+        self.failures[trial.trial_id] = trial.num_failures
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._record(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._record(trial)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._record(trial)
+
+
+class TrackerCallback(tune.Callback):
+    """Forwards trial start / result / end to a TrialTracker (W&B runs in the driver process)."""
+
+    def __init__(self, tracker: Any, cfg: SweepConfig):
+        self.tracker = tracker
+        self.cfg = cfg
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        params = overrides_from_params(trial.config, self.cfg.search_space)
+        self.tracker.trial_started(trial.trial_id, self.cfg.trial_config(params).to_dict())
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.tracker.trial_result(trial.trial_id, result)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        steps = (trial.last_result or {}).get("step", 0)
+        self.tracker.trial_ended(trial.trial_id, {"status": "TERMINATED", "steps": steps,
+                                                  "stopped_early": steps < self.cfg.max_steps})
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.tracker.trial_ended(trial.trial_id, {"status": "ERROR"})

@@ -1,0 +1,151 @@
+"""Multi-worker trials with real Ray Train (TorchTrainer workers on CPU, gloo): the same optimisation as one
+worker with the same global batch, ASHA on top of them, a killed worker's trial resumed, FSDP sharding.
+
+    .venv/bin/python -m pytest -q tests/test_distributed.py       # minutes: every trial starts a worker group
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lora_tune.compose import compose_config
+from lora_tune.storage import Store
+from lora_tune.sweep import run_sweep
+from lora_tune.train import run_trial
+from tests.conftest import with_space
+from tests.ray_cluster import LocalCluster
+
+pytestmark = pytest.mark.slow
+SHARED = ["experiment=tiny", "wandb.mode=disabled", "verbose=0", "data.max_train_examples=32",
+          "data.exact_match_examples=0", "data.test_examples=4", "train.batch_size=8", "max_steps=12",
+          "train.eval_every=4", "peft.target_modules=all-linear", "quant.bits=16", "train.warmup_ratio=0",
+          "peft.dropout=0"]  # dropout masks are drawn per worker: without it the two runs can match exactly
+
+
+def histories(location: str) -> dict[str, list[dict]]:
+    from lora_tune.results import trial_histories
+
+    return trial_histories(Store.at(location))
+
+
+@pytest.fixture(scope="module")
+def two_worker_sweep(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """ASHA over lr 3e-2 (learns) and 1e-6 (does not), twice, one trial at a time, 2 workers per trial."""
+    out = tmp_path_factory.mktemp("ddp")
+    cfg = compose_config([*SHARED, f"output_dir={out}", "sweep_name=ddp", "resources.workers_per_trial=2",
+                          "num_samples=2"])
+    cfg = with_space(cfg, lr={"key": "train.lr", "type": "grid", "values": [3e-2, 1e-6]})
+    summary = run_sweep(cfg)
+    return {"cfg": cfg, "summary": summary, "dir": out / "ddp"}
+
+
+def test_two_workers_optimise_like_one_with_the_same_global_batch(two_worker_sweep: dict) -> None:
+    """Each worker takes half of every step's global batch and the loss is normalised over the global batch's
+    answer tokens, so the gradient is the one-worker gradient; DDP adds it up in another order. Tolerance 1e-4
+    relative over 12 steps: fp32 summation-order rounding (~1e-7 a step) compounded by a learning rate of 3e-2,
+    orders of magnitude below the step-to-step change of the loss (~1e-2)."""
+    cfg = two_worker_sweep["cfg"]
+    rows = json.loads((two_worker_sweep["dir"] / "results.json").read_text())
+    learner = next(r for r in rows if r["lr"] == 3e-2 and r["steps"] == 12)
+    assert learner["workers"] == 2
+    two = [h["eval_loss"] for h in histories(str(two_worker_sweep["dir"]))[learner["trial_id"]]]
+    one: list[float] = []
+    run_trial(cfg.trial_config({"train.lr": 3e-2}), lambda m, c: one.append(m["eval_loss"]), reuse_base=False)
+    assert len(one) == len(two) == 3 and one[-1] < one[0] - 0.1
+    assert two == pytest.approx(one, rel=1e-4)
+
+
+def test_asha_stops_two_worker_trials_and_the_winner_exports(two_worker_sweep: dict) -> None:
+    rows = [r for r in json.loads((two_worker_sweep["dir"] / "results.json").read_text()) if r["role"] == "trial"]
+    assert len(rows) == 4 and all(r["status"] == "TERMINATED" and r["workers"] == 2 for r in rows)
+    assert any(r["stopped_early"] for r in rows) and any(r["steps"] == 12 for r in rows)
+    assert two_worker_sweep["summary"]["hyperparameters"]["lr"] == 3e-2
+
+
+def test_the_rank_0_adapter_loads_and_generates(two_worker_sweep: dict) -> None:
+    import torch
+    from peft import PeftModel
+
+    from lora_tune.config import QuantConfig
+    from lora_tune.model import load_base, load_tokenizer
+
+    adapter = two_worker_sweep["dir"] / "best" / "adapter"
+    model = PeftModel.from_pretrained(load_base("embedded:tiny", QuantConfig(bits=16)), str(adapter))
+    tokenizer = load_tokenizer("embedded:tiny")
+    batch = tokenizer(["Convert this date to ISO format (YYYY-MM-DD): May 1, 2001"], return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] == batch["input_ids"].shape[1] + 4
+    assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
+
+
+def test_fsdp_shards_a_16bit_base_and_trains_like_one_worker(tmp_path: Path) -> None:
+    cfg = compose_config([*SHARED, f"output_dir={tmp_path}", "sweep_name=fsdp", "resources.workers_per_trial=2",
+                          "resources.strategy=fsdp", "num_samples=1", "scheduler=fifo", "train.lr=0.03"])
+    cfg = with_space(cfg, lr={"key": "train.lr", "type": "choice", "values": [3e-2]})
+    summary = run_sweep(cfg)
+    (row,) = [r for r in json.loads((tmp_path / "fsdp" / "results.json").read_text()) if r["role"] == "trial"]
+    assert row["status"] == "TERMINATED" and row["workers"] == 2 and row["steps"] == 12
+    one: list[float] = []
+    run_trial(dataclasses.replace(cfg.trial_config()), lambda m, c: one.append(m["eval_loss"]), reuse_base=False)
+    sharded = [h["eval_loss"] for h in histories(str(tmp_path / "fsdp"))[row["trial_id"]]]
+    assert sharded == pytest.approx(one, rel=1e-4)
+    assert (tmp_path / "fsdp" / "best" / "adapter" / "adapter_model.safetensors").is_file()
+    assert summary["trial_id"] == row["trial_id"]
+
+
+ALIVE_TRAIN_WORKERS = """
+import json, sys
+from ray.util.state import list_actors
+actors = list_actors(address=sys.argv[1], filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
+print(json.dumps([a.pid for a in actors if a.class_name == "RayTrainWorker"]))
+"""
+
+
+def train_worker_pids(cluster: LocalCluster) -> list[int]:
+    """PIDs of running Ray Train workers, from Ray's state API (asked from a fresh process, as a user would)."""
+    done = subprocess.run([sys.executable, "-c", ALIVE_TRAIN_WORKERS, cluster.dashboard], capture_output=True,
+                          text=True, timeout=60, env=cluster.env, check=True)
+    return json.loads(done.stdout)
+
+
+def test_a_killed_worker_fails_its_trial_which_resumes_from_its_checkpoint(cluster: LocalCluster, s3,
+                                                                           tmp_path: Path) -> None:
+    """The session's two-node cluster (1 CPU a node): the trial's 2 workers spread over both nodes."""
+    uri = s3.uri("distributed")
+    args = [*SHARED, "max_steps=60", "sweep_name=killed-worker", "resources.workers_per_trial=2",
+            "resources.placement=spread", "num_samples=1", "scheduler=fifo", f"ray.storage_path={uri}",
+            f"ray.address={cluster.address}", "peft.r=8", "peft.alpha=16", "train.lr=0.01"]  # every key pinned
+    env = {**cluster.env, "HOME": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "lora_tune.sweep", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = Store.at(f"{uri}/killed-worker")
+    killed = None
+    deadline = time.monotonic() + 400
+    try:
+        while killed is None and time.monotonic() < deadline and proc.poll() is None:
+            states = [f for f in store.files() if "/resume/" in f and f.endswith("MANIFEST.json")]
+            pids = train_worker_pids(cluster) if states else []
+            if len(pids) == 2:
+                killed = pids[1]
+                os.kill(killed, signal.SIGKILL)
+            time.sleep(0.5)
+        assert killed, "no worker could be killed mid-trial"
+        assert proc.wait(timeout=900) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (row,) = [r for r in csv.DictReader(io.StringIO(store.read_text("results.csv"))) if r["role"] == "trial"]
+    assert row["status"] == "TERMINATED" and row["steps"] == "60" and row["workers"] == "2"
+    assert int(row["failures"]) >= 1 and int(row["resumed_from_step"]) >= 4, row
