@@ -218,7 +218,7 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 on GPUs with native bf16, fp16 + loss scaling on older GPUs, fp32 on CPU
     eval_every: int = 10
     eval_batch_size: int = 16
-    checkpoint_every: int | None = None  # resumable state every N steps; None: at every evaluation
+    checkpoint_every: int | None = None  # resumable state every N steps; None: every second evaluation
     num_threads: int | None = None  # torch threads; None: the trial's CPU share
 
     def validate(self, p: _Problems) -> None:

@@ -374,10 +374,13 @@ def prepare_task_data(tokenizer: Any, cfg: DataConfig, seed: int = 0) -> TaskDat
     """Load, check and tokenize the train and eval splits; raises DataError (also when the eval examples that
     survive truncation have no supervised token)."""
     splits = load_splits(cfg, seed)
+    notes = list(splits.notes)
+    if splits.format != "text" and not cfg.chat_template and not getattr(tokenizer, "chat_template", None):
+        notes.append("the model has no chat template: conversations use the plain one (### User: / ### Assistant:); "
+                     "data.chat_template sets another")
     tokenizer = with_chat_template(tokenizer, cfg)
     train, dropped = encode_all(tokenizer, splits.train[: cfg.max_train_examples], cfg.max_seq_len)
     evaluation, dropped_eval = encode_all(tokenizer, splits.eval[: cfg.eval_examples], cfg.max_seq_len)
-    notes = list(splits.notes)
     if dropped + dropped_eval:
         notes.append(f"dropped {dropped} train and {dropped_eval} eval examples whose last answer alone exceeds "
                      f"data.max_seq_len={cfg.max_seq_len}")

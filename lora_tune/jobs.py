@@ -161,9 +161,24 @@ def entrypoint(overrides: list[str], sweep_name: str, output: str, config_dirs: 
     return " ".join(["python", "-m", "lora_tune.sweep", *dirs, *(shlex.quote(o) for o in kept + pinned)])
 
 
-def stage_working_dir(stage: Path, config_dirs: list[str], data_path: str | None) -> str | None:
+def user_modules(metrics: list[str] | None) -> list[Path]:
+    """The local files of the user's scorers (eval.metrics' module:function) found in this working directory."""
+    found = []
+    for spec in metrics or []:
+        if ":" not in spec:
+            continue
+        top = spec.split(":", 1)[0].split(".", 1)[0]
+        for candidate in (Path(f"{top}.py"), Path(top)):
+            if candidate.exists():
+                found.append(candidate.resolve())
+    return found
+
+
+def stage_working_dir(stage: Path, config_dirs: list[str], data_path: str | None,
+                      modules: list[Path] | None = None) -> str | None:
     """Assemble the job's working_dir in `stage`: the package (with conf/ and data/ beside it in a checkout),
-    the user's config dirs and a local data.path. Returns the data path relative to the working_dir, if shipped."""
+    the user's config dirs, a local data.path and the user's scorer modules (at the top, importable as on the
+    laptop). Returns the data path relative to the working_dir, if shipped."""
     import shutil
 
     ignore = shutil.ignore_patterns(*EXCLUDES)
@@ -173,6 +188,9 @@ def stage_working_dir(stage: Path, config_dirs: list[str], data_path: str | None
         shutil.copytree(DATA_DIR, stage / "data", ignore=ignore)
     for i, folder in enumerate(config_dirs):
         shutil.copytree(Path(folder).expanduser(), stage / USER_CONF / str(i), ignore=ignore)
+    for module in modules or []:
+        (shutil.copytree(module, stage / module.name, ignore=ignore) if module.is_dir()
+         else shutil.copy2(module, stage / module.name))
     if not data_path:
         return None
     source = Path(data_path).expanduser()
@@ -190,13 +208,13 @@ def stage_working_dir(stage: Path, config_dirs: list[str], data_path: str | None
 
 
 @contextlib.contextmanager
-def staged_env(pip: list[str] | None = None, config_dirs: list[str] | None = None,
-               data_path: str | None = None) -> Iterator[tuple[dict[str, Any], str | None]]:
+def staged_env(pip: list[str] | None = None, config_dirs: list[str] | None = None, data_path: str | None = None,
+               modules: list[Path] | None = None) -> Iterator[tuple[dict[str, Any], str | None]]:
     """(the job's runtime_env, the shipped data path) with its working_dir staged in a temp folder."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="lora_tune-job-") as stage:
-        shipped = stage_working_dir(Path(stage), list(config_dirs or []), data_path)
+        shipped = stage_working_dir(Path(stage), list(config_dirs or []), data_path, modules)
         yield runtime_env(pip, Path(stage)), shipped
 
 
@@ -223,7 +241,8 @@ def submit(overrides: list[str], cfg: Any, config_dirs: list[str] | None = None)
     if getattr(cfg, "attach", None):
         return follow(cluster, cfg.attach)
     output = cluster_output(cfg.output_dir, cfg.ray.storage_path)
-    with staged_env(cfg.ray.pip, config_dirs, shipped_data_path(cfg.data.path)) as (env, data_path):
+    modules = user_modules(cfg.eval.metrics)
+    with staged_env(cfg.ray.pip, config_dirs, shipped_data_path(cfg.data.path), modules) as (env, data_path):
         command = entrypoint(overrides, cfg.sweep_name, output, len(config_dirs or []), data_path)
         metadata = {"lora_tune_sweep_name": cfg.sweep_name, "lora_tune_output": output,
                     "lora_tune_version": __version__}

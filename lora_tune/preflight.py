@@ -30,7 +30,6 @@ def preflight(cfg: SweepConfig) -> list[str]:
     """Every problem with the data, the metrics (a user scorer must import), the model's module names, the storage
     and the cluster address."""
     from lora_tune.data import check_data
-
     from lora_tune.metrics import check_metrics
 
     problems = check_data(cfg.data, cfg.seed)

@@ -43,8 +43,9 @@ def sort_rows(rows: list[dict[str, Any]], metric: str, mode: str) -> list[dict[s
 
 
 def best_report(history: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
-    """The report at which a trial's `metric` was best (its first such report on ties)."""
-    return best(history, mode, lambda report: report.get(metric))
+    """The report at which a trial's `metric` was best; on ties the latest, as Ray Tune keeps the latest checkpoint
+    among equal scores (so the winner's adapter is the checkpoint of this very report)."""
+    return best(list(reversed(history)), mode, lambda report: report.get(metric))
 
 
 def trial_id_of(result: Any) -> str:

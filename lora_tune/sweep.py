@@ -14,6 +14,7 @@ post_sweep.py writes the results, the winner and its summary.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -32,19 +33,29 @@ from lora_tune.storage import Store, cache_dir
 def shared_task_data(cfg: SweepConfig) -> Any:
     """Tokenize once per sweep (shared through the object store) unless trials search data.* or model.* keys;
     raises ConfigError for data that cannot be used. Prints what was done to the data (one line each)."""
-    from lora_tune.data import DataError, prepare_task_data, with_chat_template
+    from lora_tune.data import DataError, prepare_task_data
     from lora_tune.model import load_tokenizer
 
     if any(dim.key.startswith(("data.", "model.")) for dim in cfg.search_space.values()):
         return None
     try:
-        data = prepare_task_data(with_chat_template(load_tokenizer(cfg.model.name_or_path), cfg.data), cfg.data,
-                                 cfg.seed)
+        data = prepare_task_data(load_tokenizer(cfg.model.name_or_path), cfg.data, cfg.seed)
     except DataError as exc:
         raise ConfigError(exc.problems) from None
     for note in data.notes:
         print(f"lora_tune: {note}", file=sys.stderr, flush=True)
     return data
+
+
+def with_detected_format(cfg: SweepConfig, data: Any) -> SweepConfig:
+    """data.format=auto made concrete (what the trials, the scoring and config.yaml then use), the config checked
+    again: plain text has no exact match to be a metric of."""
+    if cfg.data.format != "auto":
+        return cfg
+    from lora_tune.data import load_splits
+
+    fmt = data.format if data is not None else load_splits(cfg.data, cfg.seed).format
+    return SweepConfig.from_dict(to_dict(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, format=fmt))))
 
 
 def score_on_test(cfg: SweepConfig) -> Any:
@@ -108,6 +119,7 @@ def run_sweep(cfg: SweepConfig, notes: list[str] | None = None) -> dict[str, Any
     if problems:
         raise ConfigError(problems)
     data = shared_task_data(cfg)
+    cfg = with_detected_format(cfg, data)
     for note in notes or []:
         print(f"lora_tune: {note}", file=sys.stderr, flush=True)
     location = sweep_location(cfg)

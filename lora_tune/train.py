@@ -5,8 +5,9 @@
 Loads the (quantized) base, attaches a fresh adapter, trains for `max_steps` in the trial's precision, and every
 `train.eval_every` steps evaluates on held-out data and calls `report(metrics, checkpoint_dir)` with an
 adapter checkpoint (the full resumable state too when `full_state_in_reports`, as PBT needs). Every
-`train.checkpoint_every` steps the resumable state (adapter, optimizer, LR schedule, loss scaler, RNG, step) is
-handed to `save_state`; `resume_from` continues from one at the same step and data position. With several
+`train.checkpoint_every` steps (default: every second evaluation) the resumable state (adapter, optimizer, LR
+schedule, loss scaler, RNG, step) is handed to `save_state`; `resume_from` continues from one at the same step
+and data position. With several
 workers (Ray Train), each takes its share of every step's global batch and the loss is normalised over the
 global batch's answer tokens, so N workers optimise exactly as one worker with the same global batch.
 """
@@ -297,7 +298,7 @@ def run_trial(cfg: TrialConfig, report: Report, resume_from: str | None = None,
     root = Path(checkpoint_root or tempfile.mkdtemp(prefix="lora_tune-ckpt-"))
     save_state = save_state or keep_locally(root)
     trainable_params, _ = models.count_parameters(state.model)
-    checkpoint_every = cfg.train.checkpoint_every or cfg.train.eval_every
+    checkpoint_every = cfg.train.checkpoint_every or 2 * cfg.train.eval_every
     window = {"loss": 0.0, "tokens": 0, "steps": 0, "time": 0.0}
     metrics: dict[str, Any] = {}
     first_step_s = None

@@ -283,7 +283,8 @@ def train_driver(cfg: SweepConfig, data: TaskData | None) -> Any:
                     name=f"train-{uuid.uuid4().hex[:8]}",  # a new Train run per start: Tune holds the checkpoints
                     storage_path=storage.trial_fs_path, storage_filesystem=storage.storage_filesystem,
                     callbacks=callbacks, failure_config=ray.train.FailureConfig(max_failures=0),
-                    checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)))
+                    checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+                    logging_config=ray.train.LoggingConfig(log_level="WARNING")))  # Tune reports the results
 
         run_under_tune(trainer_for)
 

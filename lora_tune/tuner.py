@@ -21,7 +21,9 @@ from lora_tune.space import encode_value, overrides_from_params
 WORKER_ENV = {"TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false",
               "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1",
               "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning",
-              "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "86400"}
+              "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "86400",
+              # Ray Tune warns whenever checkpoints come faster than every 5 s (short evaluation intervals do)
+              "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
 
 
 def init_ray(cfg: SweepConfig) -> None:

@@ -49,7 +49,7 @@ def test_quantized_bases_train_too(bits: int) -> None:
 
 
 def test_resume_from_the_resumable_state_continues_exactly(tmp_path: Path) -> None:
-    full = collect(tiny_trial(), checkpoint_root=str(tmp_path / "full"))
+    full = collect(tiny_trial(checkpoint_every=8), checkpoint_root=str(tmp_path / "full"))
     partial: list[dict] = []
 
     def stop_after_first(metrics: dict, ckpt: str | None) -> None:
@@ -57,20 +57,21 @@ def test_resume_from_the_resumable_state_continues_exactly(tmp_path: Path) -> No
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_trial(tiny_trial(), stop_after_first, checkpoint_root=str(tmp_path / "part"))
-    state = tmp_path / "part" / "state"  # saved at step 8 (train.checkpoint_every: every evaluation)
+        run_trial(tiny_trial(checkpoint_every=8), stop_after_first, checkpoint_root=str(tmp_path / "part"))
+    state = tmp_path / "part" / "state"  # saved at step 8 (train.checkpoint_every=8)
     assert json.loads((state / "metrics.json").read_text())["step"] == 8
     report_checkpoint = Path(partial[0]["checkpoint"])
     assert (report_checkpoint / "adapter" / "adapter_model.safetensors").exists()
     assert not (report_checkpoint / "trainer_state.pt").exists()  # reports carry the adapter only
-    resumed = collect(tiny_trial(), resume_from=str(state), checkpoint_root=str(tmp_path / "resumed"))
+    resumed = collect(tiny_trial(checkpoint_every=8), resume_from=str(state),
+                      checkpoint_root=str(tmp_path / "resumed"))
     assert [r["step"] for r in resumed] == [16, 24]
     assert resumed[0]["resumed_from_step"] == 8
     assert resumed[-1]["eval_loss"] == pytest.approx(full[-1]["eval_loss"], rel=1e-5)
 
 
-def test_checkpoint_every_bounds_the_resumable_states(tmp_path: Path) -> None:
-    cfg = tiny_trial(checkpoint_every=16)
+def test_resumable_states_come_every_second_evaluation_by_default(tmp_path: Path) -> None:
+    cfg = tiny_trial()  # eval_every 8: states at 16 (none at the last step: training ends there)
     saved: list[int] = []
 
     def save(folder: Path, step: int) -> int:
