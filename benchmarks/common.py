@@ -1,9 +1,8 @@
-"""Shared helpers for the benchmarks: composing configs, timing, machine load, reading Ray trial results."""
+"""Shared helpers for the benchmarks: composing configs, running a sweep, timing, machine load."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import statistics
 import time
@@ -11,14 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.settings import BenchSettings
-from lora_tune.config import SweepConfig
 from lora_tune.compose import compose_config
+from lora_tune.config import SweepConfig
 
 
-def compose(s: BenchSettings, out: Path, name: str, extra: list[str] | None = None) -> SweepConfig:
-    """The composed sweep config for one benchmark run, writing under `out/name`, silent (verbose=0)."""
-    cfg = compose_config([*s.overrides(), f"output_dir={out}", f"sweep_name={name}", *(extra or [])])
+def compose(overrides: list[str], out: Path, name: str) -> SweepConfig:
+    """The sweep config the command line would compose, writing under `out/name`, silent (verbose=0)."""
+    cfg = compose_config([*overrides, f"output_dir={out}", f"sweep_name={name}", "ray.storage_path=null"])
     return dataclasses.replace(cfg, verbose=0)
 
 
@@ -44,37 +42,37 @@ def median(values: list[float]) -> float | None:
     return round(statistics.median(values), 4) if values else None
 
 
-def trial_results(experiment_dir: Path) -> list[dict[str, Any]]:
-    """Every result Ray Tune recorded (each trial dir's result.json lines), with its trial dir name."""
-    rows = []
-    for path in sorted(experiment_dir.glob("*/result.json")):
-        for line in path.read_text().splitlines():
-            if line.strip():
-                rows.append({**json.loads(line), "trial_dir": path.parent.name})
-    return rows
+def sweep_once(cfg: SweepConfig) -> dict[str, Any]:
+    """Run one sweep as the command line does; its wall time and phases (summary.json's `timings`), rows,
+    every result Ray recorded (with timestamps), the best metric and the steps trained."""
+    from lora_tune.preflight import sweep_location
+    from lora_tune.results import trial_histories
+    from lora_tune.storage import Store
+    from lora_tune.sweep import run_sweep
+
+    started, load_before = time.time(), load()
+    summary, wall = timed(lambda: run_sweep(cfg))
+    store = Store.at(sweep_location(cfg))
+    rows = store.read_json("results.json")
+    results = [r for history in trial_histories(store).values() for r in history]
+    trials = [r for r in rows if r.get("role", "trial") == "trial"]
+    losses = [r["eval_loss"] for r in trials if isinstance(r.get("eval_loss"), float)]
+    return {"wall_s": round(wall, 2), "started": started, "rows": rows, "results": results,
+            "phases": (summary or {}).get("timings"), "summary": summary,
+            "best_eval_loss": min(losses) if losses else None, "winner": summary and summary["trial_id"],
+            "steps_trained": sum(int(r.get("steps") or 0) for r in trials),
+            "stopped_early": sum(bool(r.get("stopped_early")) for r in trials), "load_avg": [load_before, load()]}
+
+
+def public(run: dict[str, Any]) -> dict[str, Any]:
+    """What goes into results.json of a sweep run: no raw Ray results or rows (kept in memory)."""
+    keys = ("wall_s", "phases", "best_eval_loss", "winner", "steps_trained", "stopped_early", "load_avg")
+    return {k: run.get(k) for k in keys}
 
 
 def time_to_reach(results: list[dict[str, Any]], started: float, target: float, metric: str = "eval_loss"
                   ) -> float | None:
-    """Seconds from `started` (time.time()) to the first reported `metric` <= target; Ray stamps whole seconds."""
+    """Seconds from `started` (time.time()) to the first reported `metric` <= target (Ray's result timestamps
+    are whole seconds)."""
     hits = [r["timestamp"] for r in results if r.get(metric) is not None and r[metric] <= target]
     return round(min(hits) - started, 1) if hits else None
-
-
-def phases(results: list[dict[str, Any]], started: float, wall: float) -> dict[str, float | None]:
-    """Where a sweep's wall time went: before the first trial started (Ray start, workers, base load), the
-    trials, and after the last result (results table, winner export, test-split evaluation, Ray shutdown)."""
-    if not results:
-        return {"before_first_trial_s": None, "trials_span_s": None, "after_last_result_s": None}
-    first = min(r["timestamp"] - r.get("time_total_s", 0) for r in results)
-    last = max(r["timestamp"] for r in results)
-    return {"before_first_trial_s": round(first - started, 1), "trials_span_s": round(last - first, 1),
-            "after_last_result_s": round(started + wall - last, 1)}
-
-
-def trials_span(results: list[dict[str, Any]]) -> float | None:
-    """Seconds from the first trial's start to the last result (Ray's timestamps, whole seconds)."""
-    if not results:
-        return None
-    starts = [r["timestamp"] - r.get("time_total_s", 0) for r in results]
-    return round(max(r["timestamp"] for r in results) - min(starts), 1)

@@ -13,17 +13,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import load, timed, trial_results
+from benchmarks.common import load, timed
 from lora_tune.config import SweepConfig
 
 LR_KEY = "train.lr"
 
 
 def hp_space_of(cfg: SweepConfig) -> dict[str, Any]:
-    """The sweep's search space as ray.tune domains; the lr entry is named like the TrainingArguments field."""
-    from lora_tune.space import to_domain
+    """The sweep's own param_space (ray.tune domains); the lr entry named like the TrainingArguments field."""
+    from lora_tune.tuner import param_space
 
-    return {("learning_rate" if dim.key == LR_KEY else dim.key): to_domain(dim) for dim in cfg.search_space.values()}
+    space = param_space(cfg.search_space)
+    return {("learning_rate" if key == LR_KEY else key): domain for key, domain in space.items()}
 
 
 def make_model_init(cfg: SweepConfig) -> Any:
@@ -36,7 +37,7 @@ def make_model_init(cfg: SweepConfig) -> Any:
         params = {k: decode_value(v) for k, v in (trial or {}).items() if k != "learning_rate"}
         trial_cfg = cfg.trial_config(params)
         base = models.load_base(trial_cfg.model.name_or_path, trial_cfg.quant)  # reloaded every trial
-        return models.attach_adapter(base, trial_cfg.peft, trial_cfg.quant, trial_cfg.max_steps)
+        return models.attach_adapter(base, trial_cfg.peft, trial_cfg.max_steps)
 
     return model_init
 
@@ -55,6 +56,14 @@ def training_args(cfg: SweepConfig, out: Path) -> Any:
     )
 
 
+def hf_results(experiment_dir: Path) -> list[dict[str, Any]]:
+    """Every result Ray Tune recorded for HF's trials (each trial folder's result.json), with the folder name."""
+    from lora_tune.results import parse_result_lines
+
+    return [{**result, "trial_dir": path.parent.name} for path in sorted(experiment_dir.glob("*/result.json"))
+            for result in parse_result_lines(path.read_text())]
+
+
 def eval_loss_objective(metrics: dict[str, float]) -> float:
     return metrics["eval_loss"]
 
@@ -66,7 +75,8 @@ def hf_search(cfg: SweepConfig, out: Path) -> dict[str, Any]:
 
     from lora_tune.data import collate
     from lora_tune.model import load_tokenizer
-    from lora_tune.sweep import init_ray, shared_task_data, shutdown_ray
+    from lora_tune.sweep import shared_task_data
+    from lora_tune.tuner import init_ray, shutdown_ray
 
     started, load_before = time.time(), load()
 
@@ -87,7 +97,7 @@ def hf_search(cfg: SweepConfig, out: Path) -> dict[str, Any]:
             shutdown_ray()
 
     best_run, wall = timed(search)
-    results = trial_results(out / "p4-hf")
+    results = hf_results(out / "p4-hf")
     losses = [r["eval_loss"] for r in results if r.get("eval_loss") is not None]
     trials = {r["trial_dir"] for r in results}
     return {"wall_s": round(wall, 2), "started": started, "results": results,

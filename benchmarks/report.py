@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmarks.notes import NOTES, explain
+from benchmarks.notes import NOTES, explain, sweep_phases
 
-TITLES = {"P1": "P1 ASHA vs FIFO", "P2": "P2 first step, reused vs reloaded base", "P3": "P3 orchestration overhead",
-          "P4": "P4 vs HF hyperparameter_search(ray)", "P5": "P5 parameter memory", "TPS": "tokens/s per trial"}
+TITLES = {"P1": "P1 ASHA vs FIFO", "P2": "P2 first step, reused vs reloaded base",
+          "P3": "P3 quickstart orchestration overhead", "P4": "P4 vs HF hyperparameter_search(ray)",
+          "P5": "P5 parameter memory", "PACK": "packing tokens/s", "CKPT": "checkpoint bytes per trial",
+          "TPS": "tokens/s per trial"}
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -28,11 +30,19 @@ def measured(key: str, sec: dict[str, Any]) -> tuple[str, str]:
                 f"{fmt(a['best_eval_loss'], 4)} ({a['stopped_early']} stopped early)",
                 f"time {fmt(r['time_asha_over_fifo'])}x, loss {fmt(r['loss_asha_over_fifo'], 4)}x")
     if key == "P2":
-        cells = [f"{b}-bit: {fmt(v['reused_median_s'])} s vs {fmt(v['reloaded_median_s'])} s" for b, v in raw.items()]
-        return "; ".join(cells), ", ".join(f"{b}-bit {fmt(v['ratio'])}x" for b, v in raw.items())
+        cells = [f"{name}: {fmt(v['reused_median_s'])} s vs {fmt(v['reloaded_median_s'])} s" for name, v in raw.items()]
+        return "; ".join(cells), ", ".join(f"{name} {fmt(v['ratio'])}x" for name, v in raw.items())
     if key == "P3":
-        return (f"sweep {raw['sweep']['wall_s']:.0f} s vs bare {raw['bare_sum_s']:.0f} s / 2 = {raw['ideal_s']:.0f} s",
-                f"{fmt(r['sweep_over_ideal'])}x (trials only: {fmt(r['trials_span_over_ideal'])}x)")
+        ideal = raw["ideal"]
+        return (f"quickstart {raw['sweep']['wall_s']:.0f} s vs the same work bare {ideal['ideal_s']:.0f} s "
+                f"({ideal['trials']} trials, {ideal['steps']} steps)",
+                f"{fmt(r['sweep_over_ideal'])}x (trials phase / bare pool: {fmt(r['trials_phase_over_pool'])}x)")
+    if key == "PACK":
+        return (f"padded {fmt(raw['padded']['tokens_per_s'])} tokens/s, packed {fmt(raw['packed']['tokens_per_s'])}",
+                f"{fmt(r['packed_over_padded_tokens_per_s'])}x")
+    if key == "CKPT":
+        mb = raw["mb"]
+        return f"before {mb['before']} MB, after {mb['after']} MB per trial", f"{fmt(r['after_over_before'])}x"
     if key == "P4":
         hf, ours = raw["hf"], raw["lora_tune"]
         return (f"to loss {fmt(raw['target_loss'], 4)}: lora_tune {fmt(raw['lora_tune_time_to_target_s'])} s, HF "
@@ -46,8 +56,9 @@ def measured(key: str, sec: dict[str, Any]) -> tuple[str, str]:
                          for d in mb)
         return text, f"4/16: bf16 {fmt(r['bf16_4bit_over_16bit'])}x, fp32 {fmt(r['fp32_4bit_over_16bit'])}x"
     med = raw["median_tokens_per_s_by_bits"]
-    return ("median tokens/s " + ", ".join(f"{b}-bit {fmt(v)}" for b, v in med.items()) + f"; {sec['mfu_note']}",
-            "—")
+    return ("median tokens/s " + ", ".join(f"{b}-bit {fmt(v)}" for b, v in med.items())
+            + f"; time evaluating {fmt(raw['median_eval_time_frac'])}, checkpointing "
+            f"{fmt(raw['median_checkpoint_time_frac'])} (median shares); {sec['mfu_note']}", "—")
 
 
 def met_cell(sec: dict[str, Any]) -> str:
@@ -85,7 +96,11 @@ def settings_lines(report: dict[str, Any]) -> list[str]:
 def write_markdown(report: dict[str, Any], path: Path) -> None:
     lines = ["# lora_tune benchmarks", "", "Written by `make bench` (`python -m benchmarks.run`); raw numbers in "
              "`results.json`. Ratios compare two things measured side by side in the same run.", ""]
-    lines += table(report) + [""] + settings_lines(report) + ["", "## What each comparison does", ""]
+    lines += table(report) + [""]
+    phases = sweep_phases(report)
+    if phases:
+        lines += ["## Where each sweep's time went", ""] + [f"- {line}" for line in phases] + [""]
+    lines += settings_lines(report) + ["", "## What each comparison does", ""]
     lines += [f"- **{key}**: {text}" for key, text in NOTES.items()]
     findings = explain(report)
     if findings:

@@ -155,7 +155,7 @@ def resilient(fn: Any, data: TaskData | None) -> type:
                                                 checkpoint.path)
             return None
 
-    LoraTrial.__name__ = "lora_trial"
+    LoraTrial.__name__ = LoraTrial.__qualname__ = "lora_trial"  # how Ray names the trial actors and folders
     return LoraTrial
 
 
@@ -300,5 +300,5 @@ def train_driver(cfg: SweepConfig, data: TaskData | None) -> Any:
                 running["controller"] = None
             super().cleanup()
 
-    TrainDriver.__name__ = "lora_trial"
+    TrainDriver.__name__ = TrainDriver.__qualname__ = "lora_trial"
     return TrainDriver

@@ -73,6 +73,9 @@ def test_each_polymorphic_option_lists_its_own_schema_and_nothing_else(group: st
 def test_top_level_keys_and_ray_agree_with_the_dataclasses() -> None:
     top = yaml.safe_load((CONF_DIR / "config.yaml").read_text())
     defaults = to_dict(SweepConfig())
+    # ray.storage_path reads $LORA_TUNE_STORAGE_PATH (set on cluster nodes), null without it: the schema's default
+    assert top["ray"].pop("storage_path") == "${oc.env:LORA_TUNE_STORAGE_PATH,null}"
+    assert defaults["ray"].pop("storage_path") is None
     for key, value in top.items():
         if key in ("defaults", "hydra") or (isinstance(value, str) and "${" in value):
             continue

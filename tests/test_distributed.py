@@ -69,7 +69,7 @@ def test_two_workers_optimise_like_one_with_the_same_global_batch(two_worker_swe
 def test_asha_stops_two_worker_trials_and_the_winner_exports(two_worker_sweep: dict) -> None:
     rows = [r for r in json.loads((two_worker_sweep["dir"] / "results.json").read_text()) if r["role"] == "trial"]
     assert len(rows) == 4 and all(r["status"] == "TERMINATED" and r["workers"] == 2 for r in rows)
-    assert any(r["stopped_early"] for r in rows) and any(r["steps"] == 12 for r in rows)
+    assert any(r["stopped_early"] for r in rows) and any(r["steps"] == 12 for r in rows), rows
     assert two_worker_sweep["summary"]["hyperparameters"]["lr"] == 3e-2
 
 
