@@ -25,7 +25,7 @@ sweep: setup  ## the default sweep (quickstart); extra Hydra overrides via ARGS=
 
 test: setup  ## the whole suite, slow tests included (what CI runs)
 	$(PY) -m ruff check lora_tune tests scripts benchmarks
-	$(PY) -m pytest tests $(ARGS)
+	$(PY) -m pytest tests --durations=15 $(ARGS)
 
 test-fast: setup  ## the suite without slow tests
 	$(PY) -m pytest tests -m "not slow" $(ARGS)

@@ -84,14 +84,16 @@ def results(sweep_dir: Path) -> list[dict]:
 
 
 def running_trial_pid(pid: int) -> bool:
-    """Whether `pid` is a live trial actor: Ray titles an actor's process `ray::<class>.<method>` while it runs
-    one (`lora_trial` is the trial class's name), read straight from /proc, so polling costs nothing."""
+    """Whether `pid` is a live Ray actor at work: Ray titles an actor's process `ray::<class>.<method>` (the
+    trial class wrapped by tune.with_resources: `ray::ResourceTrainable.train`), idle workers `ray::IDLE`. Read
+    straight from /proc, so polling costs nothing; the caller's step window says the actor still runs the trial."""
     import psutil
 
     try:
-        return psutil.Process(pid).cmdline()[0].startswith("ray::lora_trial")
+        title = psutil.Process(pid).cmdline()[0]
     except (psutil.Error, IndexError):
         return False
+    return title.startswith("ray::") and not title.startswith("ray::IDLE")
 
 
 def test_killed_trials_resume_from_their_checkpoints(ray_head: str, tmp_path: Path) -> None:
