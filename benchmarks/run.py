@@ -100,13 +100,13 @@ def run_model(s: BenchSettings, only: list[str], sections: dict[str, Any], saved
 
     def p4() -> dict[str, Any]:
         if "asha" not in runs:
-            runs["asha"] = sweep_once(compose([*s.overrides(), "scheduler=asha"], out, "p1-asha"))
+            runs["asha"] = sweep_once(compose(s.overrides("asha"), out, "p1-asha"))
         return p4_vs_hf(s, out, runs["asha"])
 
     def tps() -> dict[str, Any]:
         run = runs.get("fifo") or runs.get("asha") or runs.get("quickstart")
         if run is None:
-            run = runs["asha"] = sweep_once(compose([*s.overrides(), "scheduler=asha"], out, "p1-asha"))
+            run = runs["asha"] = sweep_once(compose(s.overrides("asha"), out, "p1-asha"))
         return throughput(s, [r for r in run["rows"] if r.get("role", "trial") == "trial"], mean_seq_len(s, out))
 
     steps = {"P5": lambda: p5_memory(s), "P2": lambda: p2_first_step(s, out),

@@ -29,15 +29,17 @@ class BenchSettings:
     max_concurrent: int = 2    # trials at once (2 cores, cpus_per_trial=1)
     seed: int = 0              # sampling, adapter init, data order
 
-    def overrides(self) -> list[str]:
+    def overrides(self, scheduler: str = "asha") -> list[str]:
         """Hydra overrides shared by the P1/P4 sweeps of this model: the quickstart's data and budget, W&B off,
-        no default-LoRA baseline, generation never (HF's search computes eval loss only)."""
+        no default-LoRA baseline, generation never (HF's search computes eval loss only); ASHA's keys only with
+        scheduler=asha (a scheduler group holds only its own keys)."""
+        asha = [f"scheduler.grace_period={self.grace_period}", f"scheduler.reduction_factor={self.reduction_factor}"]
         return [
             f"model={self.model}", f"seed={self.seed}", "search_space=default", "wandb.mode=disabled",
             "eval.baseline=false", "eval.generate=never", f"train.eval_every={self.eval_every}",
             f"data.test_examples={self.test_examples}", "resources=cpu", "resources.cpus_per_trial=1",
             f"resources.num_cpus={self.max_concurrent}", f"search_alg.max_concurrent={self.max_concurrent}",
-            f"scheduler.grace_period={self.grace_period}", f"scheduler.reduction_factor={self.reduction_factor}",
+            f"scheduler={scheduler}", *(asha if scheduler == "asha" else []),
             f"num_samples={self.num_samples}", f"max_steps={self.max_steps}",
         ]
 

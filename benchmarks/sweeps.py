@@ -23,7 +23,7 @@ def p1_asha_vs_fifo(s: BenchSettings, out: Path) -> tuple[dict[str, Any], dict[s
     """FIFO then ASHA over the same `num_samples` configs (same seed); returns (section, raw runs)."""
     runs, cfg = {}, None
     for scheduler in ("fifo", "asha"):
-        cfg = compose([*s.overrides(), f"scheduler={scheduler}"], out, f"p1-{scheduler}")
+        cfg = compose(s.overrides(scheduler), out, f"p1-{scheduler}")
         runs[scheduler] = sweep_once(cfg)
     fifo, asha = runs["fifo"], runs["asha"]
     same = sorted(config_key(r, cfg) for r in fifo["rows"]) == sorted(config_key(r, cfg) for r in asha["rows"])
@@ -51,7 +51,7 @@ def p4_vs_hf(s: BenchSettings, out: Path, asha: dict[str, Any]) -> dict[str, Any
     from benchmarks.hf_search import hf_search
     from lora_tune.errors import ConfigError
 
-    hf = hf_search(compose([*s.overrides(), "scheduler=fifo"], out, "p4-hf-config"), out)
+    hf = hf_search(compose(s.overrides("fifo"), out, "p4-hf-config"), out)
     ours_best, hf_best = asha["best_eval_loss"], hf["best_eval_loss"]
     if ours_best is None or hf_best is None:
         raise ConfigError(["P4: a side produced no eval loss"])

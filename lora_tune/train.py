@@ -326,6 +326,7 @@ def run_trial(cfg: TrialConfig, report: Report, resume_from: str | None = None,
         if checkpoint is not None:
             state.bytes_written += folder_bytes(checkpoint)
         state.timings["checkpoint"] += time.perf_counter() - tick
+        metrics |= time_and_bytes(state)  # after the checkpoint: this report counts its own
         report(metrics, str(checkpoint) if checkpoint else None)
         prune_checkpoints(root, keep=checkpoint)
     return metrics
@@ -333,9 +334,8 @@ def run_trial(cfg: TrialConfig, report: Report, resume_from: str | None = None,
 
 def step_report(state: TrialState, window: dict[str, float], trainable_params: int, first_step_s: float | None,
                 base_reused: bool, resumed_from_step: int) -> dict[str, Any]:
-    """What a report carries besides the evaluation: throughput, memory, time shares, bytes written."""
-    workers, timings = state.workers, state.timings
-    busy = sum(timings.values()) or 1.0
+    """What a report carries besides the evaluation and the time and bytes accounting: throughput, memory."""
+    workers = state.workers
     return {
         "train_loss": window["loss"] / window["steps"],
         "lr": state.scheduler.get_last_lr()[0],
@@ -347,12 +347,16 @@ def step_report(state: TrialState, window: dict[str, float], trainable_params: i
         "precision": state.precision.name,
         "workers": workers.world,
         "time_to_first_step_s": first_step_s,
-        "eval_time_frac": timings["eval"] / busy,
-        "checkpoint_time_frac": timings["checkpoint"] / busy,
-        "checkpoint_bytes": state.bytes_written,
         "base_reused": base_reused,
         "resumed_from_step": resumed_from_step,
     }
+
+
+def time_and_bytes(state: TrialState) -> dict[str, Any]:
+    """Shares of the trial's time spent evaluating and checkpointing, and the bytes its checkpoints wrote."""
+    busy = sum(state.timings.values()) or 1.0
+    return {"eval_time_frac": state.timings["eval"] / busy, "checkpoint_time_frac": state.timings["checkpoint"] / busy,
+            "checkpoint_bytes": state.bytes_written}
 
 
 def persist_state(state: TrialState, root: Path, save_state: SaveState) -> None:

@@ -99,16 +99,17 @@ def build_scheduler(cfg: SweepConfig) -> Any:
     return FIFOScheduler()
 
 
-def build_search_alg(cfg: SweepConfig) -> Any:
+def build_search_alg(cfg: SweepConfig, limit: int | None) -> Any:
+    """The search algorithm, capped at `limit` trials at once (Tune ignores TuneConfig.max_concurrent_trials
+    when it is given a search algorithm instance: the cap must live in the algorithm)."""
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
     if cfg.search_alg.name == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
         searcher = OptunaSearch(seed=cfg.seed)
-        limit = cfg.search_alg.max_concurrent
         return ConcurrencyLimiter(searcher, max_concurrent=limit) if limit else searcher
-    return BasicVariantGenerator(random_state=cfg.seed, max_concurrent=cfg.search_alg.max_concurrent or 0)
+    return BasicVariantGenerator(random_state=cfg.seed, max_concurrent=limit or 0)
 
 
 def tune_trainable(cfg: SweepConfig, data: Any) -> Any:
@@ -147,8 +148,7 @@ def build_tuner(cfg: SweepConfig, location: str, data: Any, callbacks: list) -> 
         param_space=param_space(cfg.search_space, grid=cfg.search_alg.name == "grid"),
         tune_config=tune.TuneConfig(
             metric=cfg.metric, mode=cfg.mode, num_samples=cfg.num_samples,
-            scheduler=build_scheduler(cfg), search_alg=build_search_alg(cfg),
-            max_concurrent_trials=concurrent_trials(cfg),
+            scheduler=build_scheduler(cfg), search_alg=build_search_alg(cfg, concurrent_trials(cfg)),
             # One worker: its process keeps the loaded base for the next trial (model.BaseModelCache). Ray Train
             # trials start new workers anyway, and an actor reset would not wait for a running TorchTrainer.
             reuse_actors=cfg.resources.workers_per_trial == 1,

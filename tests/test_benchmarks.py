@@ -87,3 +87,15 @@ def test_unknown_comparison_exits_2_naming_the_accepted_ones(capsys: pytest.Capt
         run.main(["--only", "P9"])
     assert exc.value.code == 2
     assert "--only: unknown P9; accepted: P1, P2, P3, P4, P5, PACK, CKPT, TPS" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scheduler", ["asha", "fifo"])
+def test_every_sweep_the_benchmarks_run_composes(scheduler: str, tmp_path: Path) -> None:
+    """P1, P3 and P4 are too slow for --quick on every run: their configs at least compose and validate."""
+    from benchmarks.common import compose
+    from benchmarks.settings import SETTINGS
+
+    for settings in SETTINGS.values():
+        cfg = compose(settings.overrides(scheduler), tmp_path, "p1")
+        assert cfg.scheduler.name == scheduler and cfg.num_samples == settings.num_samples
+        assert compose(settings.quickstart_overrides(), tmp_path, "p3").experiment == "quickstart"
