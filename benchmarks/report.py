@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmarks.notes import NOTES, explain, sweep_phases
+from benchmarks.notes import NOTES, explain, observations, sweep_phases
 
 TITLES = {"P1": "P1 ASHA vs FIFO", "P2": "P2 first step, reused vs reloaded base",
           "P3": "P3 quickstart orchestration overhead", "P4": "P4 vs HF hyperparameter_search(ray)",
@@ -90,6 +90,11 @@ def settings_lines(report: dict[str, Any]) -> list[str]:
                   f"Load average (1/5/15 min) at start {report['load_avg_start']}, at end {report['load_avg_end']} "
                   "(other jobs share the 2 cores: timings are noisy). Whole run: "
                   f"{report['wall_s']:.0f} s{' (quick settings: not a measurement)' if report['quick'] else ''}."]
+    for later in report.get("later_runs", []):
+        lines.append(f"{', '.join(later['only'])} come from a later run ({later['generated_at']}, "
+                     f"{later['wall_s']:.0f} s, load average at start {later['load_avg_start']}, "
+                     f"at end {later['load_avg_end']}): "
+                     f"{later['why']}. Each ratio is still measured side by side within one run.")
     return lines
 
 
@@ -102,6 +107,9 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         lines += ["## Where each sweep's time went", ""] + [f"- {line}" for line in phases] + [""]
     lines += settings_lines(report) + ["", "## What each comparison does", ""]
     lines += [f"- **{key}**: {text}" for key, text in NOTES.items()]
+    seen = observations(report)
+    if seen:
+        lines += ["", "## What the comparisons without a target show", ""] + [f"- {line}" for line in seen]
     findings = explain(report)
     if findings:
         lines += ["", "## Targets missed, and why", ""] + [f"- {line}" for line in findings]

@@ -104,10 +104,11 @@ def run_model(s: BenchSettings, only: list[str], sections: dict[str, Any], saved
         return p4_vs_hf(s, out, runs["asha"])
 
     def tps() -> dict[str, Any]:
-        run = runs.get("fifo") or runs.get("asha") or runs.get("quickstart")
-        if run is None:
-            run = runs["asha"] = sweep_once(compose(s.overrides("asha"), out, "p1-asha"))
-        return throughput(s, [r for r in run["rows"] if r.get("role", "trial") == "trial"], mean_seq_len(s, out))
+        if not runs:
+            runs["asha"] = sweep_once(compose(s.overrides("asha"), out, "p1-asha"))
+        name = next(n for n in ("fifo", "asha", "quickstart") if n in runs)  # FIFO: every trial runs every step
+        rows = [r for r in runs[name]["rows"] if r.get("role", "trial") == "trial"]
+        return throughput(s, rows, mean_seq_len(s, out), source=f"the {name} sweep's")
 
     steps = {"P5": lambda: p5_memory(s), "P2": lambda: p2_first_step(s, out),
              "PACK": lambda: pack_throughput(s, out), "CKPT": lambda: checkpoint_bytes(s, out),

@@ -227,8 +227,9 @@ def checkpoint_bytes(s: BenchSettings, out: Path) -> dict[str, Any]:
     }
 
 
-def throughput(s: BenchSettings, rows: list[dict[str, Any]], mean_seq_len: float) -> dict[str, Any]:
-    """Tokens/s per trial (from the trial metrics), FLOPs/token by the LoRA formula, MFU on a GPU only."""
+def throughput(s: BenchSettings, rows: list[dict[str, Any]], mean_seq_len: float, source: str) -> dict[str, Any]:
+    """Tokens/s per trial (from the trial metrics of the sweep named `source`), FLOPs/token by the LoRA formula,
+    MFU on a GPU only."""
     shape, peak = model_shape(MODEL_NAMES[s.model]), gpu_peak_flops()
     trials = []
     for row in rows:
@@ -245,7 +246,7 @@ def throughput(s: BenchSettings, rows: list[dict[str, Any]], mean_seq_len: float
     by_bits = {str(b): median([t["tokens_per_s"] for t in trials if t["bits"] == b]) for b in (4, 8, 16)}
     return {
         "what": "training tokens/s per trial (prompt + answer tokens, 1 thread per trial, 2 trials at once)",
-        "settings": {"source": "P1 FIFO sweep trial metrics (last report window)", "mean_seq_len": mean_seq_len,
+        "settings": {"source": f"{source} trial metrics (last report window)", "mean_seq_len": mean_seq_len,
                      "formula": "flops/token = 4*N_base + 6*N_lora + 12*n_layers*T*d_model", **shape},
         "raw": {"trials": trials, "median_tokens_per_s_by_bits": by_bits,
                 "median_eval_time_frac": median([t["eval_time_frac"] for t in trials if t["eval_time_frac"]]),

@@ -155,7 +155,7 @@ def resilient(fn: Any, data: TaskData | None) -> type:
                                                 checkpoint.path)
             return None
 
-    LoraTrial.__name__ = LoraTrial.__qualname__ = "lora_trial"  # how Ray names the trial actors and folders
+    LoraTrial.__name__ = LoraTrial.__qualname__ = "lora_trial"  # Ray names trial folders and log lines by it
     return LoraTrial
 
 
