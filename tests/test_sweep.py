@@ -137,12 +137,14 @@ def test_the_exported_adapter_is_the_checkpoint_where_the_metric_was_measured(fi
 
 def test_pbt_exploited_trials_train_at_their_own_mutated_learning_rate(tmp_path: Path) -> None:
     """After an exploit a trial continues from another trial's state with its mutated config: every report's lr
-    is its current config's lr on the linear schedule (not the donor's, which the restored state would carry)."""
+    is its current config's lr on the linear schedule (not the donor's, which the restored state would carry).
+    24 steps: five perturbation rounds, so an exploited trial reports again after its exploit (an exploit at a
+    trial's last report leaves no report with the new config)."""
     from lora_tune.compose import compose_config
 
     cfg = compose_config(["experiment=tiny", f"output_dir={tmp_path}", "sweep_name=pbt", "wandb.mode=disabled",
                           "scheduler=pbt", "scheduler.perturbation_interval=4", "scheduler.quantile_fraction=0.5",
-                          "num_samples=4", "max_steps=16", "train.eval_every=4", "train.lr_scheduler=linear",
+                          "num_samples=4", "max_steps=24", "train.eval_every=4", "train.lr_scheduler=linear",
                           "train.warmup_ratio=0", "data.max_train_examples=16", "data.exact_match_examples=0",
                           "verbose=0"])
     cfg = with_space(cfg, lr={"key": "train.lr", "type": "loguniform", "low": 1e-6, "high": 1e-1},
@@ -158,8 +160,8 @@ def test_pbt_exploited_trials_train_at_their_own_mutated_learning_rate(tmp_path:
         lrs = {r["config"]["train.lr"] for r in reports}
         exploited += len(lrs) > 1
         for r in reports:
-            expected = r["config"]["train.lr"] * (16 - r["step"]) / 16
+            expected = r["config"]["train.lr"] * (24 - r["step"]) / 24
             assert r["lr"] == pytest.approx(expected, rel=1e-6, abs=1e-12), (r["step"], r["lr"], expected)
     assert exploited, "PBT exploited no trial"
     rows = json.loads((tmp_path / "pbt" / "results.json").read_text())
-    assert all(r["status"] == "TERMINATED" and r["steps"] == 16 for r in rows if r["role"] == "trial")
+    assert all(r["status"] == "TERMINATED" and r["steps"] == 24 for r in rows if r["role"] == "trial")
