@@ -29,10 +29,11 @@ def eval_loss(loss_module: torch.nn.Module, examples: list[dict], pad_id: int, b
     total, tokens = 0.0, 0
     was_training = loss_module.training
     loss_module.eval()
-    for start in range(0, len(indices), batch_size):
-        batch_examples = [examples[i] if start + n < real else _unsupervised(examples[i])
-                          for n, i in enumerate(indices[start:start + batch_size])]
-        batch = {k: v.to(device) for k, v in collate(batch_examples, pad_id).items()}
+    # a worker's padding rows (its share topped up to an equal size) count no token
+    shard = [examples[i] if n < real else _unsupervised(examples[i]) for n, i in enumerate(indices)]
+    shard.sort(key=lambda e: len(e["input_ids"]))  # length-sorted batches: little padding, same token sum
+    for start in range(0, len(shard), batch_size):
+        batch = {k: v.to(device) for k, v in collate(shard[start:start + batch_size], pad_id).items()}
         total += float(loss_module(**batch))
         tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     loss_module.train(was_training)
@@ -49,25 +50,28 @@ def _unsupervised(example: dict) -> dict:
 @torch.no_grad()
 def generate(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int, precision: Any = None,
              batch_size: int = 16, synced: bool = False) -> list[str]:
-    """Greedy answers to tokenized prompts, batched with left padding (`synced`: every worker of an FSDP trial
-    runs the same number of decoding steps)."""
+    """Greedy answers to tokenized prompts (in their order), batched by length with left padding (`synced`:
+    every worker of an FSDP trial runs the same number of decoding steps)."""
     import contextlib
 
     model_was_training = model.training
     model.eval()
     device = next(p for p in model.parameters()).device
-    answers = []
+    answers: list[str] = [""] * len(prompts)
+    by_length = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # batches of similar length pad little
     autocast = precision.autocast() if precision is not None else contextlib.nullcontext()
     with autocast:
         for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start:start + batch_size]
+            rows = by_length[start:start + batch_size]
+            chunk = [prompts[i] for i in rows]
             width = max(len(p) for p in chunk)
             ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in chunk], device=device)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
             output = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                     do_sample=False, use_cache=True, pad_token_id=tokenizer.pad_token_id,
                                     eos_token_id=tokenizer.eos_token_id, synced_gpus=synced)
-            answers.extend(tokenizer.batch_decode(output[:, width:], skip_special_tokens=True))
+            for i, answer in zip(rows, tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)):
+                answers[i] = answer
     model.train(model_was_training)
     return answers
 

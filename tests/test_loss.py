@@ -1,4 +1,5 @@
-"""The training objective: equal to transformers' own loss, without full logits; packed rows give the same loss."""
+"""The training objective: equal to transformers' own loss, without full logits; packed rows give the same loss;
+evaluation batched by length gives the per-example loss and answers."""
 
 from __future__ import annotations
 
@@ -52,3 +53,24 @@ def test_packed_rows_give_the_unpacked_loss(setup) -> None:
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_" in n)
     model.zero_grad()
     model.eval()
+
+
+def test_length_sorted_evaluation_keeps_the_mean_loss_and_each_prompts_answer(setup) -> None:
+    """eval_loss and generate batch rows by length: the token-mean loss is the per-example one, and each answer
+    comes back at its own prompt's position (generated alone, it is the same)."""
+    from lora_tune.evaluate import eval_loss, generate
+
+    model, tokenizer, examples = setup
+    fp32 = resolve("fp32", torch.device("cpu"))
+    loss = SupervisedLoss(model, fp32)
+    shuffled = sorted(examples, key=lambda e: -len(e["input_ids"]) * (1 if len(e["input_ids"]) % 2 else -1))
+    assert len({len(e["input_ids"]) for e in shuffled}) > 2  # lengths differ, so sorting regroups the batches
+    with torch.no_grad():
+        alone = [(float(loss(**task_data.collate([e], tokenizer.pad_token_id))),
+                  sum(label != -100 for label in e["labels"][1:])) for e in shuffled]
+    expected = sum(total for total, _ in alone) / sum(tokens for _, tokens in alone)
+    assert eval_loss(loss, shuffled, tokenizer.pad_token_id, batch_size=4) == pytest.approx(expected, rel=1e-5)
+    prompts = [e["input_ids"][:len(e["input_ids"]) - 4] for e in shuffled]
+    batched = generate(model, tokenizer, prompts, max_new_tokens=4, precision=fp32, batch_size=4)
+    one_by_one = [generate(model, tokenizer, [p], max_new_tokens=4, precision=fp32, batch_size=1)[0] for p in prompts]
+    assert batched == one_by_one and len(set(batched)) > 1  # distinct answers, each at its prompt's position
