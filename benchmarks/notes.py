@@ -157,18 +157,25 @@ def observations(report: dict[str, Any]) -> list[str]:
 MAKE_SWEEP_TARGET_S = 420  # issue 18: `make sweep` on a fresh clone under 7 minutes on 2 cores
 
 
-def make_sweep_reason(sec: dict[str, Any]) -> str | None:
-    """The `make sweep` target, judged on P3's quickstart run (the same sweep; a fresh clone adds the set-up)."""
+def make_sweep_reason(sec: dict[str, Any], fresh_clone: dict[str, Any] | None = None) -> str | None:
+    """The `make sweep` target, judged on P3's quickstart run (the same sweep; a fresh clone adds the set-up) and,
+    when results.json has one, on `make sweep` timed on a fresh clone (`make_sweep`)."""
     sweep, ideal = sec["raw"]["sweep"], sec["raw"]["ideal"]
-    if sweep["wall_s"] <= MAKE_SWEEP_TARGET_S:
+    if sweep["wall_s"] <= MAKE_SWEEP_TARGET_S and not (fresh_clone and fresh_clone["wall_s"] > MAKE_SWEEP_TARGET_S):
         return None
+    measured = (f"; timed on a fresh clone ({fresh_clone['when']}), `make sweep` took {fresh_clone['wall_s']:.0f} s: "
+                f"set-up {fresh_clone['setup_s']:.0f} s ({fresh_clone['setup']}), then "
+                f"{phase_text(fresh_clone['phases'])}" if fresh_clone else "")
     return (f"`make sweep` under 7 minutes: the quickstart sweep alone took {sweep['wall_s']:.0f} s "
             f"({phase_text(sweep['phases'])}), {sweep['wall_s'] - MAKE_SWEEP_TARGET_S:.0f} s over before any "
-            f"set-up, at {sec['ratio']['sweep_over_ideal']}x of the same work done bare ({ideal['ideal_s']:.0f} s). "
-            "What is left is the work itself on 2 cores: the trials' optimizer steps and evaluations, the default-"
-            "LoRA baseline's 30 steps, and three test-split scorings of 200 generated answers (base and baseline "
-            f"beside the trials, the winner's after them: {ideal['winner_scoring_s']:.0f} s on 2 threads). "
-            "Fewer test rows (data.test_examples) or eval.baseline=false shorten it; the defaults keep them")
+            f"set-up, at {sec['ratio']['sweep_over_ideal']}x of the same work done bare ({ideal['ideal_s']:.0f} s)"
+            f"{measured}. What is left is the work itself on 2 cores: the trials' optimizer steps and evaluations, "
+            "the default-LoRA baseline's 30 steps, and three test-split scorings of 200 generated answers (base and "
+            f"baseline beside the trials, the winner's after them: {ideal['winner_scoring_s']:.0f} s on 2 threads); "
+            "bf16 autocast trains faster on this CPU (AVX512-BF16; an ad-hoc 8-step check, 1 thread: 1.45x "
+            "tokens/s at 16 bits, 1.38x at 4, 1.14x at 8) but learned less per step (eval loss 0.436 vs fp32's "
+            "0.358 at 16 bits), so CPU trials stay fp32. Fewer test rows (data.test_examples) or "
+            "eval.baseline=false shorten it; the defaults keep them")
 
 
 def explain(report: dict[str, Any]) -> list[str]:
@@ -177,7 +184,7 @@ def explain(report: dict[str, Any]) -> list[str]:
     lines = []
     for model, result in report["models"].items():
         p3 = result["comparisons"].get("P3", {})
-        reason = make_sweep_reason(p3) if p3.get("raw") and model == "smollm2" else None
+        reason = make_sweep_reason(p3, report.get("make_sweep")) if p3.get("raw") and model == "smollm2" else None
         if reason:
             lines.append(f"{model} {reason}.")
         for key, sec in result["comparisons"].items():
