@@ -1,4 +1,4 @@
-"""Benchmark settings per model: real budgets on SmolLM2-135M, sized so `make bench` fits 45 minutes on 2 cores.
+"""Benchmark settings per model: real budgets on SmolLM2-135M (a full `make bench`: ~65 minutes on 2 cores).
 
 `SETTINGS[model]` is used by `python -m benchmarks.run`; `QUICK[model]` by `--quick` (seconds, for the test).
 Every sweep of one model uses the same data, search space (conf/search_space/default.yaml), seed, step budget

@@ -99,3 +99,23 @@ def test_every_sweep_the_benchmarks_run_composes(scheduler: str, tmp_path: Path)
         cfg = compose(settings.overrides(scheduler), tmp_path, "p1")
         assert cfg.scheduler.name == scheduler and cfg.num_samples == settings.num_samples
         assert compose(settings.quickstart_overrides(), tmp_path, "p3").experiment == "quickstart"
+
+
+def test_the_bench_budget_counts_p4_as_its_hf_side_and_explains_an_overrun() -> None:
+    """A full run reuses P1's ASHA sweep for P4, so P4 costs its HF search; over 45 minutes, results.md says so."""
+    from benchmarks.notes import bench_budget_reason, section_costs
+
+    def sweep(steps: int) -> dict:
+        return {"steps_trained": steps}
+
+    comparisons = {
+        "P1": {"bench_wall_s": 1500.0, "raw": {"fifo": sweep(480), "asha": sweep(320)}},
+        "P3": {"bench_wall_s": 1000.0, "raw": {"sweep": sweep(160), "ideal": {"steps": 160}}},
+        "P4": {"bench_wall_s": 1480.0, "raw": {"hf": {"wall_s": 930.0, **sweep(480)}}},
+        "P5": {"bench_wall_s": 20.0},
+    }
+    assert section_costs(comparisons) == {"P1": 1500.0, "P3": 1000.0, "P4": 930.0, "P5": 20.0}
+    reason = bench_budget_reason(comparisons)
+    assert reason is not None and "3450 s" in reason and "1600 optimizer steps" in reason
+    comparisons["P1"]["bench_wall_s"] = 300.0
+    assert bench_budget_reason(comparisons) is None  # 2250 s: within 45 minutes
