@@ -95,16 +95,21 @@ def answer_messages(model: Any, tokenizer: Any, conversations: list[list[dict[st
 
 def score_model(model: Any, tokenizer: Any, cfg: Any, examples: list[dict], items: list[Generation],
                 precision: Any) -> dict[str, float]:
-    """{loss, <metric>...} of one model on the test split."""
+    """{loss, <metric>...} of one model on the test split; each prompt runs once for the loss and the answer
+    where the rows allow it (prefill.py)."""
+    from lora_tune import prefill
     from lora_tune.loss import SupervisedLoss
 
-    out = {"loss": eval_loss(SupervisedLoss(model, precision), examples, tokenizer.pad_token_id,
-                             cfg.train.eval_batch_size)}
     names = cfg.generation_metrics()
-    if names and items:
-        scores = generation_scores(model, tokenizer, items, names, cfg, precision)
-        out |= {name.removeprefix("eval_"): value for name, value in scores.items()}
-    return out
+    if names and prefill.shares_prompts(examples, items):
+        loss, answers = prefill.loss_and_answers(model, tokenizer, examples, items, cfg.data.max_new_tokens,
+                                                 precision, cfg.train.eval_batch_size)
+        scores = scoring.score(names, answers, [item.reference for item in items], cfg.eval.answer_regex)
+    else:
+        loss = eval_loss(SupervisedLoss(model, precision), examples, tokenizer.pad_token_id,
+                         cfg.train.eval_batch_size)
+        scores = generation_scores(model, tokenizer, items, names, cfg, precision) if names and items else {}
+    return {"loss": loss, **{name.removeprefix("eval_"): value for name, value in scores.items()}}
 
 
 def score_on_test(cfg: Any, adapter_location: str, num_threads: int = 1) -> dict[str, Any]:

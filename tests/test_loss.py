@@ -74,3 +74,22 @@ def test_length_sorted_evaluation_keeps_the_mean_loss_and_each_prompts_answer(se
     batched = generate(model, tokenizer, prompts, max_new_tokens=4, precision=fp32, batch_size=4)
     one_by_one = [generate(model, tokenizer, [p], max_new_tokens=4, precision=fp32, batch_size=1)[0] for p in prompts]
     assert batched == one_by_one and len(set(batched)) > 1  # distinct answers, each at its prompt's position
+
+
+def test_one_pass_over_each_prompt_scores_like_separate_loss_and_generation(setup) -> None:
+    """prefill.py: the prompt's cache serves the teacher-forced answer and generation; the same loss and answers
+    as eval_loss and generate, and rows that supervise tokens inside their prompt are left to the separate way."""
+    from lora_tune import prefill
+    from lora_tune.evaluate import eval_loss, generate
+
+    model, tokenizer, _ = setup
+    fp32 = resolve("fp32", torch.device("cpu"))
+    examples, items = task_data.test_items(tokenizer, DataConfig(test_examples=10))
+    assert prefill.shares_prompts(examples, items)
+    loss, answers = prefill.loss_and_answers(model, tokenizer, examples, items, 6, fp32, batch_size=4)
+    separate = eval_loss(SupervisedLoss(model, fp32), examples, tokenizer.pad_token_id, batch_size=4)
+    assert loss == pytest.approx(separate, rel=1e-5)
+    assert answers == generate(model, tokenizer, [i.prompt_ids for i in items], 6, fp32, batch_size=4)
+    assert len(set(answers)) > 1
+    multi_turn = [{**examples[0], "labels": list(examples[0]["input_ids"])}, *examples[1:]]
+    assert not prefill.shares_prompts(multi_turn, items)
