@@ -166,6 +166,10 @@ def make_sweep_reason(sec: dict[str, Any], fresh_clone: dict[str, Any] | None = 
     measured = (f"; timed on a fresh clone ({fresh_clone['when']}), `make sweep` took {fresh_clone['wall_s']:.0f} s: "
                 f"set-up {fresh_clone['setup_s']:.0f} s ({fresh_clone['setup']}), then "
                 f"{phase_text(fresh_clone['phases'])}" if fresh_clone else "")
+    earlier = (fresh_clone or {}).get("earlier")
+    if earlier:
+        measured += (f" (an earlier run: {earlier['wall_s']:.0f} s, set-up {earlier['setup_s']:.0f} s, "
+                     f"{phase_text(earlier['phases'])}; {earlier['note']})")
     return (f"`make sweep` under 7 minutes: the quickstart sweep alone took {sweep['wall_s']:.0f} s "
             f"({phase_text(sweep['phases'])}), {sweep['wall_s'] - MAKE_SWEEP_TARGET_S:.0f} s over before any "
             f"set-up, at {sec['ratio']['sweep_over_ideal']}x of the same work done bare ({ideal['ideal_s']:.0f} s)"
