@@ -14,8 +14,10 @@ from typing import Any
 import torch
 
 from lora_tune import metrics as scoring
+from lora_tune import prefill
 from lora_tune.data import IGNORE_INDEX, Generation, collate, encode_prompt
 from lora_tune.distributed import Workers
+from lora_tune.prefill import length_batches, padded
 
 
 @torch.no_grad()
@@ -58,15 +60,11 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_token
     model.eval()
     device = next(p for p in model.parameters()).device
     answers: list[str] = [""] * len(prompts)
-    by_length = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # batches of similar length pad little
     autocast = precision.autocast() if precision is not None else contextlib.nullcontext()
     with autocast:
-        for start in range(0, len(prompts), batch_size):
-            rows = by_length[start:start + batch_size]
-            chunk = [prompts[i] for i in rows]
-            width = max(len(p) for p in chunk)
-            ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in chunk], device=device)
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
+        for rows in length_batches([len(p) for p in prompts], batch_size):
+            ids, mask = padded([prompts[i] for i in rows], tokenizer.pad_token_id, left=True, device=device)
+            width = ids.shape[1]
             output = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                     do_sample=False, use_cache=True, pad_token_id=tokenizer.pad_token_id,
                                     eos_token_id=tokenizer.eos_token_id, synced_gpus=synced)
@@ -97,7 +95,6 @@ def score_model(model: Any, tokenizer: Any, cfg: Any, examples: list[dict], item
                 precision: Any) -> dict[str, float]:
     """{loss, <metric>...} of one model on the test split; each prompt runs once for the loss and the answer
     where the rows allow it (prefill.py)."""
-    from lora_tune import prefill
     from lora_tune.loss import SupervisedLoss
 
     names = cfg.generation_metrics()

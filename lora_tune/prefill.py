@@ -35,11 +35,9 @@ def loss_and_answers(model: Any, tokenizer: Any, examples: list[dict], items: li
     """(mean answer-token loss, greedy answers in the items' order); rows must satisfy `shares_prompts`."""
     was_training = model.training
     model.eval()
-    by_length = sorted(range(len(items)), key=lambda i: len(items[i].prompt_ids))
     total, tokens, answers = 0.0, 0, [""] * len(items)
     with precision.autocast():
-        for start in range(0, len(by_length), batch_size):
-            rows = by_length[start:start + batch_size]
+        for rows in length_batches([len(item.prompt_ids) for item in items], batch_size):
             batch_total, batch_tokens, texts = _score_batch(
                 model, tokenizer, [examples[i] for i in rows], [items[i].prompt_ids for i in rows], max_new_tokens)
             total, tokens = total + batch_total, tokens + batch_tokens
@@ -56,7 +54,13 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def _padded(rows: list[list[int]], value: int, left: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Row indices in batches of similar length (shortest first): little padding; callers put results back."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def padded(rows: list[list[int]], value: int, left: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, mask) of rows padded with `value` to the longest, on the left or the right."""
     width = max(len(r) for r in rows)
     pads = [[value] * (width - len(r)) for r in rows]
@@ -70,10 +74,10 @@ def _score_batch(model: Any, tokenizer: Any, examples: list[dict], prompts: list
     """(sum of answer-token losses, supervised tokens, greedy answers) of one batch."""
     device = next(p for p in model.parameters()).device
     pad, sliced = tokenizer.pad_token_id, takes_logits_to_keep(model)
-    prompt_ids, prompt_mask = _padded(prompts, pad, left=True, device=device)
+    prompt_ids, prompt_mask = padded(prompts, pad, left=True, device=device)
     # the teacher-forced tail: the last prompt token, then the reference answer (and what follows it)
-    tail_ids, tail_mask = _padded([e["input_ids"][len(p) - 1:] for e, p in zip(examples, prompts)], pad, False, device)
-    tail_labels, _ = _padded([e["labels"][len(p) - 1:] for e, p in zip(examples, prompts)], IGNORE_INDEX, False, device)
+    tail_ids, tail_mask = padded([e["input_ids"][len(p) - 1:] for e, p in zip(examples, prompts)], pad, False, device)
+    tail_labels, _ = padded([e["labels"][len(p) - 1:] for e, p in zip(examples, prompts)], IGNORE_INDEX, False, device)
     prefix_inputs = {"input_ids": prompt_ids[:, :-1], "attention_mask": prompt_mask[:, :-1],
                      "position_ids": _positions(prompt_mask)[:, :-1], "use_cache": True}
     # only the cache is wanted: no vocabulary-sized logits for every prompt token
