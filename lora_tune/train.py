@@ -295,41 +295,47 @@ def run_trial(cfg: TrialConfig, report: Report, resume_from: str | None = None,
         restore_checkpoint(state, Path(resume_from))
         apply_hyperparameters(state, cfg)
         resumed_from_step = state.step
+    owned_root = checkpoint_root is None  # a root of our own: nobody can read its checkpoints after the trial
     root = Path(checkpoint_root or tempfile.mkdtemp(prefix="lora_tune-ckpt-"))
-    save_state = save_state or keep_locally(root)
-    trainable_params, _ = models.count_parameters(state.model)
-    checkpoint_every = cfg.train.checkpoint_every or 2 * cfg.train.eval_every
-    window = {"loss": 0.0, "tokens": 0, "steps": 0, "time": 0.0}
-    metrics: dict[str, Any] = {}
-    first_step_s = None
-    state.model.train()
-    while state.step < cfg.max_steps:
-        state.step += 1
-        tick = time.perf_counter()
-        loss, tokens = train_step(state, cfg, state.step)
-        elapsed = time.perf_counter() - tick
-        state.timings["train"] += elapsed
-        first_step_s = first_step_s if first_step_s is not None else time.perf_counter() - started
-        window = {"loss": window["loss"] + loss, "tokens": window["tokens"] + tokens,
-                  "steps": window["steps"] + 1, "time": window["time"] + elapsed}
-        if state.step % checkpoint_every == 0 and state.step != cfg.max_steps:
-            persist_state(state, root, save_state)
-        if state.step % cfg.train.eval_every and state.step != cfg.max_steps:
-            continue
-        tick = time.perf_counter()
-        metrics = {"step": state.step, **evaluate_state(state, cfg, generate_now(cfg, state.step, needs_generation))}
-        state.timings["eval"] += time.perf_counter() - tick
-        metrics |= step_report(state, window, trainable_params, first_step_s, base_reused, resumed_from_step)
+    try:
+        save_state = save_state or keep_locally(root)
+        trainable_params, _ = models.count_parameters(state.model)
+        checkpoint_every = cfg.train.checkpoint_every or 2 * cfg.train.eval_every
         window = {"loss": 0.0, "tokens": 0, "steps": 0, "time": 0.0}
-        tick = time.perf_counter()
-        checkpoint = write_checkpoint(state, root / f"step-{state.step:06d}", metrics, full_state_in_reports)
-        if checkpoint is not None:
-            state.bytes_written += folder_bytes(checkpoint)
-        state.timings["checkpoint"] += time.perf_counter() - tick
-        metrics |= time_and_bytes(state)  # after the checkpoint: this report counts its own
-        report(metrics, str(checkpoint) if checkpoint else None)
-        prune_checkpoints(root, keep=checkpoint)
-    return metrics
+        metrics: dict[str, Any] = {}
+        first_step_s = None
+        state.model.train()
+        while state.step < cfg.max_steps:
+            state.step += 1
+            tick = time.perf_counter()
+            loss, tokens = train_step(state, cfg, state.step)
+            elapsed = time.perf_counter() - tick
+            state.timings["train"] += elapsed
+            first_step_s = first_step_s if first_step_s is not None else time.perf_counter() - started
+            window = {"loss": window["loss"] + loss, "tokens": window["tokens"] + tokens,
+                      "steps": window["steps"] + 1, "time": window["time"] + elapsed}
+            if state.step % checkpoint_every == 0 and state.step != cfg.max_steps:
+                persist_state(state, root, save_state)
+            if state.step % cfg.train.eval_every and state.step != cfg.max_steps:
+                continue
+            tick = time.perf_counter()
+            generating = generate_now(cfg, state.step, needs_generation)
+            metrics = {"step": state.step, **evaluate_state(state, cfg, generating)}
+            state.timings["eval"] += time.perf_counter() - tick
+            metrics |= step_report(state, window, trainable_params, first_step_s, base_reused, resumed_from_step)
+            window = {"loss": 0.0, "tokens": 0, "steps": 0, "time": 0.0}
+            tick = time.perf_counter()
+            checkpoint = write_checkpoint(state, root / f"step-{state.step:06d}", metrics, full_state_in_reports)
+            if checkpoint is not None:
+                state.bytes_written += folder_bytes(checkpoint)
+            state.timings["checkpoint"] += time.perf_counter() - tick
+            metrics |= time_and_bytes(state)  # after the checkpoint: this report counts its own
+            report(metrics, str(checkpoint) if checkpoint else None)
+            prune_checkpoints(root, keep=checkpoint)
+        return metrics
+    finally:
+        if owned_root:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def step_report(state: TrialState, window: dict[str, float], trainable_params: int, first_step_s: float | None,

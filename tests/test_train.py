@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -27,8 +28,10 @@ def collect(cfg: TrialConfig, **kwargs: object) -> list[dict]:
     return reports
 
 
-def test_loss_goes_down_without_ray() -> None:
+def test_loss_goes_down_without_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where run_trial puts a checkpoint root of its own
     reports = collect(tiny_trial())
+    assert not list(tmp_path.glob("lora_tune-*"))  # that root is gone once the trial returns: nothing left
     assert [r["step"] for r in reports] == [8, 16, 24]
     assert reports[-1]["eval_loss"] < reports[0]["eval_loss"] - 0.5
     assert reports[-1]["train_loss"] < reports[0]["train_loss"]
