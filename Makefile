@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
-UV_PIP := $(VENV)/bin/uv pip install --quiet --python $(PY)
+UV_PIP := $(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY)
 export UV_FIND_LINKS ?= $(PIP_FIND_LINKS)
 
 .PHONY: setup sweep test test-fast lint bench clean
