@@ -166,6 +166,7 @@ def make_sweep_reason(sec: dict[str, Any], fresh_clone: dict[str, Any] | None = 
     measured = (f"; timed on a fresh clone ({fresh_clone['when']}), `make sweep` took {fresh_clone['wall_s']:.0f} s: "
                 f"set-up {fresh_clone['setup_s']:.0f} s ({fresh_clone['setup']}), then "
                 f"{phase_text(fresh_clone['phases'])}" if fresh_clone else "")
+    measured += work_text(fresh_clone)
     earlier = (fresh_clone or {}).get("earlier")
     if earlier:
         measured += (f" (an earlier run: {earlier['wall_s']:.0f} s, set-up {earlier['setup_s']:.0f} s, "
@@ -180,6 +181,19 @@ def make_sweep_reason(sec: dict[str, Any], fresh_clone: dict[str, Any] | None = 
             "tokens/s at 16 bits, 1.38x at 4, 1.14x at 8) but learned less per step (eval loss 0.436 vs fp32's "
             "0.358 at 16 bits), so CPU trials stay fp32. Fewer test rows (data.test_examples) or "
             "eval.baseline=false shorten it; the defaults keep them")
+
+
+def work_text(fresh_clone: dict[str, Any] | None) -> str:
+    """How many core-seconds the fresh-clone sweep's trials phase held, and its floor on the machine's 2 cores."""
+    work = (fresh_clone or {}).get("work_core_s")
+    if not work:
+        return ""
+    references = work["base_scoring"] + work["baseline_training"] + work["baseline_scoring"]
+    return (f"; its trials phase held {work['trials'] + references:.0f} core-seconds of work: the trials "
+            f"{work['trials']:.0f}, and beside them on one core the base model's test scoring "
+            f"{work['base_scoring']:.0f}, the default LoRA's 30 steps {work['baseline_training']:.0f} and its "
+            f"test scoring {work['baseline_scoring']:.0f}, so on 2 cores it cannot take less than "
+            f"{(work['trials'] + references) / 2:.0f} s (it took {fresh_clone['phases']['trials_s']:.0f} s)")
 
 
 BENCH_BUDGET_S = 45 * 60  # issue 18: `make bench` under 45 minutes on 2 cores

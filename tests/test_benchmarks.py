@@ -119,3 +119,14 @@ def test_the_bench_budget_counts_p4_as_its_hf_side_and_explains_an_overrun() -> 
     assert reason is not None and "3450 s" in reason and "1600 optimizer steps" in reason
     comparisons["P1"]["bench_wall_s"] = 300.0
     assert bench_budget_reason(comparisons) is None  # 2250 s: within 45 minutes
+
+
+def test_the_make_sweep_note_gives_the_trials_phase_floor_from_its_core_seconds() -> None:
+    """Trials and the references beside them (base scoring, baseline training and scoring) on 2 cores."""
+    from benchmarks.notes import work_text
+
+    clone = {"phases": {"trials_s": 371}, "work_core_s": {"trials": 490, "base_scoring": 60, "baseline_training": 80,
+                                                          "baseline_scoring": 70}}
+    text = work_text(clone)
+    assert "held 700 core-seconds" in text and "cannot take less than 350 s (it took 371 s)" in text
+    assert work_text({"phases": {"trials_s": 371}}) == "" and work_text(None) == ""
