@@ -130,3 +130,16 @@ def test_the_make_sweep_note_gives_the_trials_phase_floor_from_its_core_seconds(
     text = work_text(clone)
     assert "held 700 core-seconds" in text and "cannot take less than 350 s (it took 371 s)" in text
     assert work_text({"phases": {"trials_s": 371}}) == "" and work_text(None) == ""
+
+
+def test_the_make_sweep_note_reports_the_bf16_run_only_when_measured() -> None:
+    from benchmarks.notes import bf16_text
+
+    trials = {"16bit": {"fp32": [0.06], "bf16": [0.07], "wall_fp32_s": 100.0, "wall_bf16_s": 75.0},
+              "4bit": {"fp32": [0.08], "bf16": [0.07], "wall_fp32_s": 100.0, "wall_bf16_s": 70.0}}
+    run = {"args": "train.precision=bf16", "sweep_s": 300.0, "wall_s": 340.0, "trials_30_steps": trials,
+           "phases": {"ray_start_s": 10, "trials_s": 250, "after_trials_s": 40}, "winner_eval_loss": 0.05,
+           "fp32_winner_eval_loss": 0.051, "winner_test_exact_match": 0.85, "fp32_winner_test_exact_match": 0.86}
+    text = bf16_text(run)
+    assert "took 300 s" in text and "340 s with the set-up" in text and "0.75x and 0.70x the time" in text
+    assert bf16_text(None) == ""
