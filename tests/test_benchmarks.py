@@ -142,4 +142,8 @@ def test_the_make_sweep_note_reports_the_bf16_run_only_when_measured() -> None:
            "fp32_winner_eval_loss": 0.051, "winner_test_exact_match": 0.85, "fp32_winner_test_exact_match": 0.86}
     text = bf16_text(run)
     assert "took 300 s" in text and "340 s with the set-up" in text and "0.75x and 0.70x the time" in text
+    assert "over" not in text  # one seed: no average
+    trials["16bit_more_seeds"] = {"1": {"fp32": [0.10], "bf16": [0.09], "wall_fp32_s": 100.0, "wall_bf16_s": 75.0}}
+    assert "over 2 seeds at 16 bits the final eval loss averaged 0.0800 (bf16) vs 0.0800 (fp32), per seed -10.0% " \
+           "to +16.7%" in bf16_text(run)
     assert bf16_text(None) == ""
