@@ -36,15 +36,18 @@ class SupervisedLoss(torch.nn.Module):
 
         Packed rows come with position_ids and no attention mask: transformers then keeps attention inside each
         packed example (use_cache=False, or it would not look for packed sequences)."""
-        targets = labels[:, 1:]
-        keep = targets != IGNORE_INDEX
-        positions = torch.zeros_like(labels, dtype=torch.bool)
-        positions[:, :-1] = keep
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
                   "use_cache": False}
         with self.precision.autocast():
-            if self.sliced:
-                logits = self.model(**inputs, logits_to_keep=positions).logits
-            else:
-                logits = self.model(**inputs).logits[positions]
-        return torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
+            return supervised_loss_sum(self.model, labels, inputs, self.sliced)
+
+
+def supervised_loss_sum(model: Any, labels: torch.Tensor, inputs: dict[str, Any], sliced: bool) -> torch.Tensor:
+    """Sum (fp32) of the cross-entropy of `model(**inputs)` at the supervised positions of `labels`, which line up
+    with `inputs["input_ids"]` (position t predicts labels[t + 1]); `sliced`: the forward takes `logits_to_keep`."""
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    positions = torch.zeros_like(labels, dtype=torch.bool)
+    positions[:, :-1] = keep
+    logits = model(**inputs, logits_to_keep=positions).logits if sliced else model(**inputs).logits[positions]
+    return torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")

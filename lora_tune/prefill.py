@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from lora_tune.data import IGNORE_INDEX, Generation
-from lora_tune.loss import takes_logits_to_keep
+from lora_tune.loss import supervised_loss_sum, takes_logits_to_keep
 
 
 def shares_prompts(examples: list[dict], items: list[Generation]) -> bool:
@@ -83,16 +83,11 @@ def _score_batch(model: Any, tokenizer: Any, examples: list[dict], prompts: list
     # only the cache is wanted: no vocabulary-sized logits for every prompt token
     prefix = model(**prefix_inputs, **({"logits_to_keep": 1} if sliced else {})).past_key_values
     mask = torch.cat([prompt_mask[:, :-1], tail_mask], dim=1)
-    targets = tail_labels[:, 1:]
-    keep = targets != IGNORE_INDEX
-    supervised = torch.zeros_like(tail_labels, dtype=torch.bool)
-    supervised[:, :-1] = keep
     inputs = {"input_ids": tail_ids, "attention_mask": mask, "position_ids": _positions(mask)[:, -tail_ids.shape[1]:],
               "past_key_values": copy.deepcopy(prefix), "use_cache": True}
-    logits = model(**inputs, logits_to_keep=supervised).logits if sliced else model(**inputs).logits[supervised]
-    loss = torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
+    loss = supervised_loss_sum(model, tail_labels, inputs, sliced)
     output = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, past_key_values=prefix,
                             max_new_tokens=max_new_tokens, do_sample=False, use_cache=True, pad_token_id=pad,
                             eos_token_id=tokenizer.eos_token_id)
     texts = tokenizer.batch_decode(output[:, prompt_ids.shape[1]:], skip_special_tokens=True)
-    return float(loss), int(keep.sum()), texts
+    return float(loss), int((tail_labels[:, 1:] != IGNORE_INDEX).sum()), texts
