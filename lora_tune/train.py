@@ -14,6 +14,7 @@ global batch's answer tokens, so N workers optimise exactly as one worker with t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -21,7 +22,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -295,9 +296,7 @@ def run_trial(cfg: TrialConfig, report: Report, resume_from: str | None = None,
         restore_checkpoint(state, Path(resume_from))
         apply_hyperparameters(state, cfg)
         resumed_from_step = state.step
-    owned_root = checkpoint_root is None  # a root of our own: nobody can read its checkpoints after the trial
-    root = Path(checkpoint_root or tempfile.mkdtemp(prefix="lora_tune-ckpt-"))
-    try:
+    with checkpoint_folder(checkpoint_root) as root:
         save_state = save_state or keep_locally(root)
         trainable_params, _ = models.count_parameters(state.model)
         checkpoint_every = cfg.train.checkpoint_every or 2 * cfg.train.eval_every
@@ -333,9 +332,16 @@ def run_trial(cfg: TrialConfig, report: Report, resume_from: str | None = None,
             report(metrics, str(checkpoint) if checkpoint else None)
             prune_checkpoints(root, keep=checkpoint)
         return metrics
-    finally:
-        if owned_root:
-            shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def checkpoint_folder(checkpoint_root: str | None) -> Iterator[Path]:
+    """`checkpoint_root`, or a temporary folder removed when the trial ends (no caller can read its checkpoints)."""
+    if checkpoint_root:
+        yield Path(checkpoint_root)
+        return
+    with tempfile.TemporaryDirectory(prefix="lora_tune-ckpt-", ignore_cleanup_errors=True) as tmp:
+        yield Path(tmp)
 
 
 def step_report(state: TrialState, window: dict[str, float], trainable_params: int, first_step_s: float | None,
