@@ -32,18 +32,23 @@ def make_model_init(cfg: SweepConfig) -> Any:
 
     def model_init(trial: dict[str, Any] | None = None) -> Any:
         from lora_tune import model as models
+        from lora_tune import precision as precisions
         from lora_tune.space import decode_value
 
         params = {k: decode_value(v) for k, v in (trial or {}).items() if k != "learning_rate"}
         trial_cfg = cfg.trial_config(params)
-        base = models.load_base(trial_cfg.model.name_or_path, trial_cfg.quant)  # reloaded every trial
+        precision = precisions.resolve(trial_cfg.train.precision, models.default_device())  # as lora_tune's trials
+        base = models.load_base(trial_cfg.model.name_or_path, trial_cfg.quant, precision)  # reloaded every trial
         return models.attach_adapter(base, trial_cfg.peft, trial_cfg.max_steps)
 
     return model_init
 
 
 def training_args(cfg: SweepConfig, out: Path) -> Any:
+    import torch
     from transformers import TrainingArguments
+
+    from lora_tune.precision import resolve
 
     return TrainingArguments(
         output_dir=str(out / "hf-trainer"), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.train.batch_size,
@@ -53,6 +58,7 @@ def training_args(cfg: SweepConfig, out: Path) -> Any:
         warmup_steps=int(cfg.train.warmup_ratio * cfg.max_steps), weight_decay=cfg.train.weight_decay,
         max_grad_norm=cfg.train.max_grad_norm, optim="adamw_torch", seed=cfg.seed, use_cpu=True,
         disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
+        bf16=resolve(cfg.train.precision, torch.device("cpu")).name == "bf16",  # autocast, as lora_tune's trials
     )
 
 

@@ -215,7 +215,7 @@ class TrainConfig:
     lr_scheduler: str = "cosine"
     optimizer: str = "auto"  # auto: paged AdamW on GPU for 4/8-bit bases, torch AdamW otherwise
     max_grad_norm: float = 1.0
-    precision: str = "auto"  # auto: bf16 on GPUs with native bf16, fp16 + loss scaling on older GPUs, fp32 on CPU
+    precision: str = "auto"  # auto: bf16 on native-bf16 GPUs/CPUs, fp16 + loss scaling on older GPUs, else fp32
     eval_every: int = 10
     eval_batch_size: int = 16
     checkpoint_every: int | None = None  # resumable state every N steps; None: every second evaluation

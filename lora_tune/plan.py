@@ -15,8 +15,9 @@ resources.workers_per_trial > 1 DDP adds its gradient buckets and communication 
 adapter and optimizer state by the workers and adds the two decoder layers it gathers at a time. On GPUs a 10 %
 reserve for the caching allocator's fragmentation is added. The sweep's other work gets rows too: the reference
 task (the base's test scoring at 16 bits, then the default-LoRA baseline trial on it) and the winner's scoring.
-Checked against measured peak RSS of SmolLM2-135M trials on CPU (all-linear r=8, batch 4 x 80 tokens):
-estimate 2.08 / 2.24 / 2.29 GB vs measured 2.00 / 2.10-2.33 / 2.41 GB at 16 / 4 / 8 bits.
+Checked against measured peak RSS of SmolLM2-135M trials on CPU (all-linear r=8, batch 4 x 80 tokens): in fp32
+estimate 2.08 / 2.24 / 2.29 GB vs measured 2.00 / 2.10-2.33 / 2.41 GB at 16 / 4 / 8 bits; in bf16 (auto on a CPU
+with native bf16) estimate 1.77 / 2.15 / 2.20 GB vs measured 1.43 / 1.33 / 1.45 GB (an over-estimate: safe).
 """
 
 from __future__ import annotations
@@ -192,9 +193,14 @@ def loading_bytes(config: Any, model: Any, trial: TrialConfig, device: str) -> f
 
 
 def compute_bytes(trial: TrialConfig, device: str) -> int:
-    if trial.quant.compute_dtype != "auto":
-        return 4 if trial.quant.compute_dtype == "fp32" else 2
-    return 2 if device == "cuda" else 4  # bf16 on GPUs, fp32 on CPU
+    """Bytes per element the trial computes in: quant.compute_dtype, else train.precision as a trial on `device`
+    resolves it (auto: 2 on GPUs, bf16 or fp16; on a CPU, this machine's answer stands for the workers')."""
+    import torch
+
+    from lora_tune import precision as precisions
+
+    precision = precisions.resolve(trial.train.precision, torch.device(device))
+    return precisions.compute_dtype(trial.quant.compute_dtype, precision).itemsize
 
 
 def search_values(dim: Dimension) -> list[Any]:

@@ -8,6 +8,7 @@ import torch
 from lora_tune import model as models
 from lora_tune.config import PeftConfig, QuantConfig
 from lora_tune.embedded import TINY
+from lora_tune.precision import compute_dtype, resolve
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,8 @@ def test_bits_choose_the_layer_type(loaded: dict[int, torch.nn.Module]) -> None:
     assert layer[4].weight.quant_type == "nf4"
     assert layer[4].weight.quant_state.nested  # double quantization
     assert isinstance(layer[8], bnb.nn.Linear8bitLt)
-    assert type(layer[16]) is torch.nn.Linear and layer[16].weight.dtype == torch.float32
+    auto = resolve("auto", torch.device("cpu")).dtype  # bf16 on a CPU with native bf16, else fp32
+    assert type(layer[16]) is torch.nn.Linear and layer[16].weight.dtype == auto
 
 
 def test_memory_footprint_ranks_by_bits(loaded: dict[int, torch.nn.Module]) -> None:
@@ -32,10 +34,8 @@ def test_memory_footprint_ranks_by_bits(loaded: dict[int, torch.nn.Module]) -> N
 
 
 def test_compute_dtype_follows_the_precision_unless_asked() -> None:
-    from lora_tune.precision import compute_dtype, resolve
-
     cpu = torch.device("cpu")
-    assert compute_dtype("auto", resolve("auto", cpu)) == torch.float32
+    assert compute_dtype("auto", resolve("fp32", cpu)) == torch.float32
     assert compute_dtype("auto", resolve("bf16", cpu)) == torch.bfloat16
     assert compute_dtype("fp16", resolve("auto", cpu)) == torch.float16
 

@@ -62,13 +62,25 @@ def test_trainable_params_are_what_peft_trains(tiny_cfg: SweepConfig) -> None:
 @pytest.mark.parametrize("bits", [4, 8, 16])
 def test_weight_estimate_matches_the_loaded_footprint(bits: int, tiny_cfg: SweepConfig) -> None:
     from lora_tune.model import load_base, meta_model
-    from lora_tune.plan import load_architecture
+    from lora_tune.plan import compute_bytes, load_architecture
 
     trial = tiny_cfg.trial_config({"quant.bits": bits})
-    base = load_base(trial.model.name_or_path, trial.quant)
+    base = load_base(trial.model.name_or_path, trial.quant)  # in train.precision=auto as this CPU resolves it
     config, _ = load_architecture(trial.model)
-    estimate = weight_bytes(meta_model(config), trial, dtype_bytes=4)
+    estimate = weight_bytes(meta_model(config), trial, dtype_bytes=compute_bytes(trial, "cpu"))
     assert estimate == pytest.approx(base.get_memory_footprint(), rel=0.05)
+
+
+def test_the_planned_compute_dtype_follows_train_precision(tiny_cfg: SweepConfig) -> None:
+    from lora_tune.plan import compute_bytes
+
+    def planned(device: str, **keys: str) -> int:
+        return compute_bytes(tiny_cfg.trial_config({f"train.{k}" if k == "precision" else f"quant.{k}": v
+                                                    for k, v in keys.items()}), device)
+
+    assert planned("cuda", precision="fp32") == 4 and planned("cuda", precision="auto") == 2
+    assert planned("cpu", precision="bf16") == 2 and planned("cpu", precision="fp32") == 4
+    assert planned("cpu", precision="fp32", compute_dtype="fp16") == 2  # quant.compute_dtype wins
 
 
 def test_an_8b_model_is_planned_from_its_shipped_config_alone() -> None:

@@ -1,5 +1,5 @@
 """train.precision=bf16 on CPU (CPU autocast supports it): the base computes in bf16 end to end, the adapter
-stays fp32 masters and saves in fp32, and the loss still goes down; auto picks fp32 on a CPU."""
+stays fp32 masters and saves in fp32, and the loss still goes down; auto picks bf16 on a CPU only with native bf16."""
 
 from __future__ import annotations
 
@@ -22,8 +22,10 @@ def bf16_trial(bits: int) -> object:
                            "data.exact_match_examples=0"]).trial_config()
 
 
-def test_auto_is_fp32_on_a_cpu() -> None:
-    assert precisions.resolve("auto", torch.device("cpu")).name == "fp32"
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_on_a_cpu_is_bf16_only_with_native_bf16(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(precisions, "native_cpu_bf16", lambda: native)
+    assert precisions.resolve("auto", torch.device("cpu")).name == ("bf16" if native else "fp32")
     assert precisions.resolve("bf16", torch.device("cpu")).dtype == torch.bfloat16
     assert not precisions.resolve("bf16", torch.device("cpu")).scaler().is_enabled()
     assert precisions.resolve("fp16", torch.device("cpu")).scaler().is_enabled()

@@ -9,9 +9,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from lora_tune.compose import compose_config
 from lora_tune.config import TrialConfig
+from lora_tune.precision import resolve
 from lora_tune.train import TrialDiverged, run_trial
 
 
@@ -40,7 +42,8 @@ def test_loss_goes_down_without_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPa
                 "checkpoint_time_frac", "checkpoint_bytes"):
         assert key in reports[-1]
     assert 0 < reports[-1]["eval_time_frac"] < 1 and reports[-1]["checkpoint_bytes"] > 0
-    assert reports[-1]["precision"] == "fp32" and reports[-1]["workers"] == 1
+    auto = resolve("auto", torch.device("cpu")).name  # bf16 on a CPU with native bf16, else fp32
+    assert reports[-1]["precision"] == auto and reports[-1]["workers"] == 1
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -93,7 +96,7 @@ def test_full_state_in_reports_for_pbt(tmp_path: Path) -> None:
 
 
 def test_diverging_loss_is_an_error() -> None:
-    cfg = tiny_trial(lr=1e4, max_grad_norm=0)  # fp16 weights overflow within two steps
+    cfg = tiny_trial(lr=1e4, max_grad_norm=0, precision="fp32")  # fp16 weights overflow within two steps
     cfg = dataclasses.replace(cfg, quant=dataclasses.replace(cfg.quant, compute_dtype="fp16"))
     with pytest.raises(TrialDiverged, match="train loss is nan at step 2"):
         collect(cfg)
