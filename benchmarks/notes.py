@@ -151,7 +151,8 @@ def observations(report: dict[str, Any]) -> list[str]:
                 "adapter + optimizer state; after, evaluations write the adapter only and the resumable state "
                 "comes every checkpoint_every steps, so the saving grows with the number of evaluations per "
                 "resumable state (the optimizer state is 2x the adapter)")
-    return lines
+    precision = precision_text(report.get("precision"), report["machine"].get("auto_precision"))
+    return lines + ([precision] if precision else [])
 
 
 MAKE_SWEEP_TARGET_S = 420  # issue 18: `make sweep` on a fresh clone under 7 minutes on 2 cores
@@ -177,27 +178,28 @@ def make_sweep_reason(sec: dict[str, Any], fresh_clone: dict[str, Any] | None = 
             f"{measured}. What is left is the work itself on 2 cores: the trials' optimizer steps and evaluations, "
             "the default-LoRA baseline's 30 steps, and three test-split scorings of 200 generated answers (base and "
             f"baseline beside the trials, the winner's after them: {ideal['winner_scoring_s']:.0f} s on 2 threads)"
-            f"{bf16_text((fresh_clone or {}).get('bf16'))}. Fewer test rows (data.test_examples) or "
+            ". Fewer test rows (data.test_examples) or "
             "eval.baseline=false shorten it; the defaults keep them")
 
 
-def bf16_text(bf16: dict[str, Any] | None) -> str:
-    """The bf16-autocast run of the same sweep, when measured: what it would take to meet the target on a CPU."""
-    if not bf16:
-        return ""
-    trials, phases = bf16["trials_30_steps"], bf16["phases"]
-    return (f"; with `{bf16['args']}` (autocast; this CPU has AVX512-BF16) the same sweep took "
-            f"{bf16['sweep_s']:.0f} s (start-up {phases['ray_start_s']:.0f} s, trials {phases['trials_s']:.0f} s, "
-            f"tail {phases['after_trials_s']:.0f} s), {bf16['wall_s']:.0f} s with the set-up: under 7 minutes, with "
-            f"the winner's eval loss {bf16['winner_eval_loss']} vs fp32's {bf16['fp32_winner_eval_loss']} and test "
-            f"exact match {bf16['winner_test_exact_match']} vs {bf16['fp32_winner_test_exact_match']}; single "
-            f"30-step trials side by side ended at eval loss {trials['16bit']['bf16'][-1]} vs "
-            f"{trials['16bit']['fp32'][-1]} (16-bit) and {trials['4bit']['bf16'][-1]} vs {trials['4bit']['fp32'][-1]} "
-            f"(4-bit) in {trials['16bit']['wall_bf16_s'] / trials['16bit']['wall_fp32_s']:.2f}x and "
+def precision_text(precision: dict[str, Any] | None, auto: str | None) -> str | None:
+    """bf16 autocast against fp32 on this CPU, when measured: the evidence behind `train.precision=auto`'s choice."""
+    if not precision:
+        return None
+    trials, bf16, fp32 = precision["trials_30_steps"], precision["bf16"], precision["fp32"]
+    measured_in = f", so the numbers above were measured in {auto}" if auto else ""
+    return (f"precision: `train.precision=auto` resolves to {precision['auto_on_this_cpu']} on this CPU "
+            f"({precision['why']}){measured_in}. Side by side with fp32 on one fresh clone, the quickstart sweep "
+            f"took {bf16['sweep_s']:.0f} s in bf16 ({phase_text(bf16['phases'])}) vs {fp32['sweep_s']:.0f} s in fp32 "
+            f"({phase_text(fp32['phases'])}), the winner's eval loss {bf16['winner_eval_loss']} vs "
+            f"{fp32['winner_eval_loss']} and test exact match {bf16['winner_test_exact_match']} vs "
+            f"{fp32['winner_test_exact_match']}; single 30-step trials side by side ended at eval loss "
+            f"{trials['16bit']['bf16'][-1]} vs {trials['16bit']['fp32'][-1]} (16-bit) and "
+            f"{trials['4bit']['bf16'][-1]} vs {trials['4bit']['fp32'][-1]} (4-bit) in "
+            f"{trials['16bit']['wall_bf16_s'] / trials['16bit']['wall_fp32_s']:.2f}x and "
             f"{trials['4bit']['wall_bf16_s'] / trials['4bit']['wall_fp32_s']:.2f}x the time{seeds_text(trials)} (an "
-            "8-step check had bf16 behind early: 0.436 vs 0.358). `train.precision=auto` stays fp32 on CPUs for now: "
-            "every other number here was measured in fp32; `train.precision=bf16` is the measured way under 7 "
-            "minutes")
+            "8-step check had bf16 behind early: 0.436 vs 0.358). A CPU without native bf16 stays in fp32, where "
+            "emulated bf16 would be slower")
 
 
 def seeds_text(trials: dict[str, Any]) -> str:

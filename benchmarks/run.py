@@ -128,8 +128,12 @@ def versions() -> dict[str, str]:
     import torch
     import transformers
 
+    from lora_tune.model import default_device
+    from lora_tune.precision import resolve
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"gpu": gpu, "python": platform.python_version(), "torch": torch.__version__,
+    return {"gpu": gpu, "auto_precision": resolve("auto", default_device()).name,  # what train.precision=auto ran in
+            "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__,
             "peft": peft.__version__, "ray": ray.__version__, "bitsandbytes": bitsandbytes.__version__}
 

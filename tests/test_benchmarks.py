@@ -132,18 +132,20 @@ def test_the_make_sweep_note_gives_the_trials_phase_floor_from_its_core_seconds(
     assert work_text({"phases": {"trials_s": 371}}) == "" and work_text(None) == ""
 
 
-def test_the_make_sweep_note_reports_the_bf16_run_only_when_measured() -> None:
-    from benchmarks.notes import bf16_text
+def test_the_precision_note_reports_bf16_against_fp32_only_when_measured() -> None:
+    from benchmarks.notes import precision_text
 
     trials = {"16bit": {"fp32": [0.06], "bf16": [0.07], "wall_fp32_s": 100.0, "wall_bf16_s": 75.0},
               "4bit": {"fp32": [0.08], "bf16": [0.07], "wall_fp32_s": 100.0, "wall_bf16_s": 70.0}}
-    run = {"args": "train.precision=bf16", "sweep_s": 300.0, "wall_s": 340.0, "trials_30_steps": trials,
-           "phases": {"ray_start_s": 10, "trials_s": 250, "after_trials_s": 40}, "winner_eval_loss": 0.05,
-           "fp32_winner_eval_loss": 0.051, "winner_test_exact_match": 0.85, "fp32_winner_test_exact_match": 0.86}
-    text = bf16_text(run)
-    assert "took 300 s" in text and "340 s with the set-up" in text and "0.75x and 0.70x the time" in text
+    phases = {"ray_start_s": 10, "trials_s": 250, "after_trials_s": 40}
+    bf16 = {"sweep_s": 300.0, "phases": phases, "winner_eval_loss": 0.05, "winner_test_exact_match": 0.85}
+    fp32 = {"sweep_s": 440.0, "phases": phases, "winner_eval_loss": 0.051, "winner_test_exact_match": 0.86}
+    measured = {"auto_on_this_cpu": "bf16", "why": "AVX512-BF16", "trials_30_steps": trials, "bf16": bf16, "fp32": fp32}
+    text = precision_text(measured, "bf16")
+    assert "resolves to bf16 on this CPU (AVX512-BF16), so the numbers above were measured in bf16" in text
+    assert "took 300 s in bf16" in text and "vs 440 s in fp32" in text and "0.75x and 0.70x the time" in text
     assert "over" not in text  # one seed: no average
     trials["16bit_more_seeds"] = {"1": {"fp32": [0.10], "bf16": [0.09], "wall_fp32_s": 100.0, "wall_bf16_s": 75.0}}
     assert "over 2 seeds at 16 bits the final eval loss averaged 0.0800 (bf16) vs 0.0800 (fp32), per seed -10.0% " \
-           "to +16.7%" in bf16_text(run)
-    assert bf16_text(None) == ""
+           "to +16.7%" in precision_text(measured, None)
+    assert precision_text(None, "bf16") is None
