@@ -66,8 +66,9 @@ def sweep_once(cfg: SweepConfig) -> dict[str, Any]:
 
 def public(run: dict[str, Any]) -> dict[str, Any]:
     """What goes into results.json of a sweep run: no raw Ray results or rows (kept in memory)."""
-    keys = ("wall_s", "phases", "best_eval_loss", "winner", "steps_trained", "stopped_early", "load_avg")
-    return {k: run.get(k) for k in keys}
+    keys = ("wall_s", "phases", "best_eval_loss", "winner", "steps_trained", "stopped_early", "load_avg",
+            "work_core_s")
+    return {k: run[k] for k in keys if k in run}
 
 
 def time_to_reach(results: list[dict[str, Any]], started: float, target: float, metric: str = "eval_loss"

@@ -71,6 +71,11 @@ def sweep_phases(report: dict[str, Any]) -> list[str]:
         for name, run in runs:
             if run:
                 lines.append(f"{model} {name}: {phase_text(run.get('phases'), run.get('wall_s'))}")
+    clone = report.get("make_sweep")
+    if clone:
+        lines.append(f"`make sweep` on a fresh clone ({clone['when']}): {clone['wall_s']:.0f} s against the "
+                     f"{MAKE_SWEEP_TARGET_S} s target, set-up {clone['setup_s']:.0f} s ({clone['setup']}), then "
+                     f"{phase_text(clone['phases'])}{work_text(clone)}")
     return lines
 
 
@@ -106,9 +111,23 @@ def p3_reason(sec: dict[str, Any]) -> str:
     sweep, ideal = raw["sweep"], raw["ideal"]
     return (f"the sweep took {sweep['wall_s']:.0f} s ({phase_text(sweep['phases'])}) against an ideal of "
             f"{ideal['ideal_s']:.0f} s (data {ideal['data_s']:.0f} s, 2-process pool {ideal['pool_s']:.0f} s, "
-            f"winner scoring {ideal['winner_scoring_s']:.0f} s): Ray's start-up (node, workers importing torch "
-            "and transformers) has no counterpart in the ideal, each trial is persisted (Ray checkpoints, "
-            "result rows, W&B offline files) and the post-sweep work writes results and the winner's artifact")
+            f"winner scoring {ideal['winner_scoring_s']:.0f} s){work_text(sweep)}{inside_actors_text(sweep, ideal)}: "
+            "Ray's start-up (node, workers importing torch and transformers) has no counterpart in the ideal, each "
+            "trial is persisted (Ray checkpoints, result rows, W&B offline files) and the post-sweep work writes "
+            "results and the winner's artifact")
+
+
+def inside_actors_text(sweep: dict[str, Any], ideal: dict[str, Any]) -> str:
+    """Whether the trials phase lost its time to idle cores or to the jobs themselves running slower in Ray."""
+    work = sweep.get("work_core_s")
+    if not work:
+        return ""
+    floor = sum(work.values()) / 2
+    if floor <= ideal["pool_s"]:
+        return f"; the bare pool needed {ideal['pool_s']:.0f} s for the same jobs, so the sweep's cores idled"
+    return (f"; the bare pool ran the same jobs in {ideal['pool_s']:.0f} s, under that floor: the jobs' own time "
+            f"was {floor / ideal['pool_s']:.2f}x longer inside the sweep's Ray actors than in bare processes (the "
+            "overhead is in the trials' own time, not in idle cores)")
 
 
 def p4_reason(sec: dict[str, Any]) -> str:

@@ -88,6 +88,28 @@ def ideal_run(cfg: SweepConfig, sweep: dict[str, Any], workers: int) -> dict[str
             "steps": sum(steps for _, steps in jobs)}
 
 
+def work_core_s(cfg: SweepConfig, sweep: dict[str, Any]) -> dict[str, int]:
+    """Core-seconds of work the sweep's trials phase held (1 CPU each): every trial's own time (its last
+    time_total_s) and, beside them, the reference job: the base model's test scoring (from the first trial's start
+    to the baseline's), the default LoRA's training and its test scoring."""
+    from lora_tune.baseline import BASELINE
+    from lora_tune.preflight import sweep_location
+    from lora_tune.storage import Store
+
+    own: dict[str, float] = {}
+    for result in sweep["results"]:
+        own[result["trial_id"]] = max(own.get(result["trial_id"], 0.0), result["time_total_s"])
+    work = {"trials": round(sum(own.values()))}
+    if cfg.eval.baseline:
+        baseline = Store.at(sweep_location(cfg)).read_json(f"{BASELINE}/result.json")
+        first_start = min(r["timestamp"] - r["time_total_s"] for r in sweep["results"])
+        trained = baseline["history"][-1]["timestamp"]
+        work |= {"base_scoring": round(baseline["started"] - first_start),
+                 "baseline_training": round(trained - baseline["started"]),
+                 "baseline_scoring": round(baseline["finished"] - trained)}
+    return work
+
+
 def p3_overhead(s: BenchSettings, out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The quickstart's wall time vs the same work done bare; returns (section, the sweep run)."""
     import torch
@@ -95,6 +117,7 @@ def p3_overhead(s: BenchSettings, out: Path) -> tuple[dict[str, Any], dict[str, 
     threads = torch.get_num_threads()
     cfg = compose(s.quickstart_overrides(), out, "p3-quickstart")
     sweep = sweep_once(cfg)
+    sweep["work_core_s"] = work_core_s(cfg, sweep)
     bare_load = load()
     try:
         ideal = ideal_run(cfg, sweep, s.max_concurrent)

@@ -78,8 +78,8 @@ def train_baseline(trial_cfg: TrialConfig, store: Any, data: Any = None) -> dict
         tokenizer = with_chat_template(models.load_tokenizer(trial_cfg.model.name_or_path), trial_cfg.data)
         examples, items = test_items(tokenizer, trial_cfg.data, trial_cfg.seed)
         scores = score_model(trained, tokenizer, trial_cfg, examples, items, precision)
-    return {"history": reports, "started": started, "test": {f"default_lora_{k}": v for k, v in scores.items()},
-            "config": trial_cfg.to_dict()}
+    return {"history": reports, "started": started, "finished": time.time(),
+            "test": {f"default_lora_{k}": v for k, v in scores.items()}, "config": trial_cfg.to_dict()}
 
 
 def references(cfg: SweepConfig, location: str, data: Any = None, num_threads: int = 1) -> dict[str, Any]:

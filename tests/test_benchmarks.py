@@ -149,3 +149,13 @@ def test_the_precision_note_reports_bf16_against_fp32_only_when_measured() -> No
     assert "over 2 seeds at 16 bits the final eval loss averaged 0.0800 (bf16) vs 0.0800 (fp32), per seed -10.0% " \
            "to +16.7%" in precision_text(measured, None)
     assert precision_text(None, "bf16") is None
+
+
+def test_the_p3_note_tells_idle_cores_from_slower_jobs_by_the_work_floor() -> None:
+    from benchmarks.notes import inside_actors_text
+
+    work = {"trials": 350, "base_scoring": 36, "baseline_training": 55, "baseline_scoring": 59}  # floor 250 s
+    slower = inside_actors_text({"work_core_s": work}, {"pool_s": 224.0})
+    assert "ran the same jobs in 224 s, under that floor" in slower and "1.12x longer inside" in slower
+    assert "the sweep's cores idled" in inside_actors_text({"work_core_s": work}, {"pool_s": 260.0})
+    assert inside_actors_text({}, {"pool_s": 224.0}) == ""
