@@ -84,11 +84,10 @@ def settings_lines(report: dict[str, Any]) -> list[str]:
         s = result["settings"]
         lines.append(f"- **{model}**: " + ", ".join(f"{k}={v}" for k, v in s.items()))
     m = report["machine"]
+    auto = f"; `train.precision=auto` ran in {m['auto_precision']}" if m.get("auto_precision") else ""
     lines += ["", f"Machine: {m['cpus']} CPUs ({m['platform']}), GPU: {m.get('gpu') or 'none'}; "
                   f"torch {m['torch']}, transformers {m['transformers']}, peft {m['peft']}, ray {m['ray']}, "
-                  f"bitsandbytes {m['bitsandbytes']}"
-                  + (f"; `train.precision=auto` ran in {m['auto_precision']}. " if m.get("auto_precision") else ". ")
-                  +
+                  f"bitsandbytes {m['bitsandbytes']}{auto}. "
                   f"Load average (1/5/15 min) at start {report['load_avg_start']}, at end {report['load_avg_end']} "
                   "(other jobs share the 2 cores: timings are noisy). Whole run: "
                   f"{report['wall_s']:.0f} s{' (quick settings: not a measurement)' if report['quick'] else ''}."]
