@@ -8,6 +8,7 @@ resident set (VmHWM), which Linux resets through /proc/self/clear_refs.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import re
 from pathlib import Path
@@ -17,9 +18,17 @@ import torch
 MB = 2**20
 
 
+def trim_heap() -> None:
+    """Return the C heap's free pages to the OS (glibc's malloc_trim; a no-op elsewhere). Without it a reused trial
+    process kept every trial's freed buffers: +0.3-0.7 GB of resident memory per SmolLM2 trial on CPU."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def reset_peak(device: torch.device) -> None:
     """Start counting this trial's peak now (after releasing what the previous trial left behind)."""
     gc.collect()
+    trim_heap()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
