@@ -27,10 +27,8 @@ def trim_heap() -> None:
 
 def reset_peak(device: torch.device) -> None:
     """Start counting this trial's peak now (after releasing what the previous trial left behind)."""
-    gc.collect()
-    trim_heap()
+    release(device)
     if device.type == "cuda":
-        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         return
     with contextlib.suppress(OSError):  # not Linux, or not allowed: the peak then counts from the process start
@@ -59,7 +57,9 @@ def cap_gpu_share(share: float, device: torch.device) -> None:
 
 
 def release(device: torch.device) -> None:
-    """Hand freed memory back (the CUDA cache included), so what comes next starts empty."""
+    """Hand freed memory back (the C heap's free pages and the CUDA cache included), so what comes next starts
+    empty."""
     gc.collect()
+    trim_heap()
     if device.type == "cuda":
         torch.cuda.empty_cache()

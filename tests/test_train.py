@@ -170,14 +170,15 @@ def test_peak_memory_is_this_trials_not_the_process_lifetimes() -> None:
 HEAP_LEFT_BEHIND = """
 import re
 from pathlib import Path
-from lora_tune.memory import trim_heap
+import torch
+from lora_tune.memory import reset_peak
 def anon_mb():
     return int(re.search(r"RssAnon:\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
 blocks = [bytearray(64 * 1024) for _ in range(3000)]  # ~190 MB in heap chunks (under glibc's mmap threshold)
 keep = blocks[-1]
 del blocks  # freed below a live chunk: glibc keeps these pages resident until malloc_trim
 before = anon_mb()
-trim_heap()
+reset_peak(torch.device("cpu"))  # what run_trial does first
 print(before - anon_mb())
 """
 
