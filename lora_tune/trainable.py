@@ -3,8 +3,8 @@
 A trial of one worker runs `train.run_trial` in its Tune actor. With `resources.workers_per_trial=N > 1` the trial
 is a Ray Train `TorchTrainer` with N workers (one GPU each on a GPU cluster, CPUs and gloo locally), placed by
 `resources.placement`; rank 0's reports reach Tune through `TuneRelay` with their checkpoints, so ASHA, PBT and
-Tune's checkpoint handling work as for one worker. When Tune stops or pauses such a trial, `TrainDriver.cleanup`
-aborts the Train run, which hands its workers' reserved resources back.
+Tune's checkpoint handling work as for one worker. When Tune stops or pauses such a trial, `stop_train_run` aborts
+the Train run and makes sure its workers' reserved resources are handed back.
 
 Every trial keeps in its own storage (the trial folder under ray.storage_path, which every node reaches):
 `resume/step-N/` (the newest resumable state, written every train.checkpoint_every steps) and `diverged.txt`
@@ -15,7 +15,6 @@ its Tune checkpoint (when it holds a resumable state, as PBT's do) and `resume/`
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import logging
 import shutil
@@ -36,7 +35,8 @@ from lora_tune.train import STATE_FILE, TrialDiverged, run_trial
 
 DIVERGED_MARKER = "diverged.txt"
 RESUME_DIR = "resume"
-_RUNNING = {"controller": None}  # this trial actor's Train controller, for TrainDriver.cleanup
+# This trial actor's running Train controller and its workers' placement group, for stop_train_run.
+_RUNNING: dict[str, Any] = {"controller": None, "placement_group": None}
 
 
 # --- the trial's own storage -----------------------------------------------------------------------------
@@ -199,7 +199,7 @@ class TuneRelay:
 
     def callbacks(self) -> list[Any]:
         import ray.train
-        from ray.train.v2._internal.execution.callback import ControllerCallback
+        from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
 
         queue = self.queue
 
@@ -211,7 +211,12 @@ class TuneRelay:
             def after_controller_start(self, train_run_context: Any) -> None:
                 queue.put(("controller", ray.get_runtime_context().current_actor, None))
 
-        return [Reports(), Started()]
+        class Placed(WorkerGroupCallback):
+            def after_worker_group_start(self, worker_group: Any) -> None:
+                state = worker_group.get_worker_group_state()
+                queue.put(("placement_group", state.placement_group_handle.placement_group, None))
+
+        return [Reports(), Started(), Placed()]
 
 
 def run_under_tune(trainer_for: Any) -> None:
@@ -228,7 +233,9 @@ def run_under_tune(trainer_for: Any) -> None:
         except BaseException as exc:  # noqa: BLE001 - re-raised in the trial's thread below
             outcome["error"] = exc
         finally:
-            queue.put(("done", None, None))
+            # A trial Tune stops is torn down with its queue while an aborted fit() is still unwinding.
+            with contextlib.suppress(ray.exceptions.RayActorError):
+                queue.put(("done", None, None))
 
     thread = threading.Thread(target=fit, daemon=True)
     thread.start()
@@ -236,13 +243,13 @@ def run_under_tune(trainer_for: Any) -> None:
         kind, payload, checkpoint = queue.get()
         if kind == "done":
             break
-        if kind == "controller":
-            _RUNNING["controller"] = payload
+        if kind in _RUNNING:
+            _RUNNING[kind] = payload
             continue
         relayed = tune.Checkpoint(path=checkpoint.path, filesystem=checkpoint.filesystem) if checkpoint else None
         tune.report(payload, checkpoint=relayed)
     thread.join()
-    _RUNNING["controller"] = None
+    _RUNNING.update(controller=None, placement_group=None)
     if "error" in outcome:
         raise unwrap(outcome["error"])
 
@@ -290,15 +297,31 @@ def train_driver(cfg: SweepConfig, data: TaskData | None) -> Any:
 
     class TrainDriver(resilient(lora_trial, data)):
         def cleanup(self) -> None:
-            """Tune stops or pauses the trial (ASHA, PBT): abort the Train run so that its workers' placement
-            group is released (Ray Train's own cleaner needs the dashboard's state API)."""
-            running = importlib.import_module(__name__)._RUNNING  # this class is pickled by value
-            controller = running.get("controller")
-            if controller is not None:
-                with contextlib.suppress(Exception):  # abort ends the controller actor: ActorDiedError
-                    ray.get(controller.abort.remote(), timeout=60)
-                running["controller"] = None
+            stop_train_run()  # a module function: this class is pickled by value, the module's state is not
             super().cleanup()
 
     TrainDriver.__name__ = TrainDriver.__qualname__ = "lora_trial"
     return TrainDriver
+
+
+def stop_train_run() -> None:
+    """Tune stops or pauses a trial (ASHA, PBT): abort its Train run and make sure its workers' placement group is
+    gone. The group lives as long as the sweep's driver, not the trial: one left behind holds its CPUs/GPUs for
+    the rest of the sweep and the next Train trial waits for them forever. Ray Train removes it on abort, and its
+    own cleaner covers a controller that died without one only where the dashboard's state API runs (a local sweep
+    runs none), so it is removed here when the abort did not (it timed out, or failed)."""
+    controller, group = _RUNNING["controller"], _RUNNING["placement_group"]
+    if controller is not None:
+        with contextlib.suppress(Exception):  # abort ends the controller actor: ActorDiedError
+            ray.get(controller.abort.remote(), timeout=60)
+    if group is not None and placement_group_state(group) != "REMOVED":
+        logging.getLogger(__name__).warning("the stopped trial's Train workers still held their resources "
+                                            "after the abort; releasing them")
+        with contextlib.suppress(Exception):
+            ray.util.remove_placement_group(group)
+    _RUNNING.update(controller=None, placement_group=None)
+
+
+def placement_group_state(group: Any) -> str:
+    """CREATED, PENDING, REMOVED, ... as the GCS has it now."""
+    return ray.util.placement_group_table(group).get("state", "")

@@ -137,6 +137,18 @@ class LocalCluster:
                 raise RuntimeError(f"local Ray cluster did not come up with {nodes} nodes:\n{tails}")
             time.sleep(1.0)
 
+    def processes_titled(self, prefix: str) -> list[int]:
+        """PIDs of this cluster's processes whose title starts with `prefix` (Ray titles a worker process
+        `ray::<actor class>.<method>`)."""
+        found = []
+        for node in self.procs:
+            with contextlib.suppress(psutil.Error):
+                for child in psutil.Process(node.pid).children(recursive=True):
+                    with contextlib.suppress(psutil.Error, IndexError):
+                        if child.cmdline()[0].startswith(prefix):
+                            found.append(child.pid)
+        return found
+
     def stop(self) -> None:
         """SIGTERM then SIGKILL each node's process group and descendants (only what this cluster started)."""
         descendants = []

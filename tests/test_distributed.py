@@ -6,6 +6,7 @@ worker with the same global batch, ASHA on top of them, a killed worker's trial 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -106,19 +107,79 @@ def test_fsdp_shards_a_16bit_base_and_trains_like_one_worker(tmp_path: Path) -> 
     assert summary["trial_id"] == row["trial_id"]
 
 
-ALIVE_TRAIN_WORKERS = """
-import json, sys
-from ray.util.state import list_actors
-actors = list_actors(address=sys.argv[1], filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
-print(json.dumps([a.pid for a in actors if a.class_name == "RayTrainWorker"]))
-"""
+def test_a_stopped_trials_worker_reservation_never_outlives_it() -> None:
+    """The placement group a Train run reserves for its workers lives as long as the sweep's driver, not the trial:
+    when the run's abort has not removed it (timed out, failed), stopping the trial does, or the sweep's next Train
+    trial would wait for those CPUs forever."""
+    import ray
+    from ray.util.placement_group import placement_group
+
+    from lora_tune import trainable
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    try:
+        group = placement_group([{"CPU": 1}, {"CPU": 1}])
+        ray.get(group.ready(), timeout=60)
+        trainable._RUNNING["placement_group"] = group  # its controller is gone: nothing answers an abort
+        trainable.stop_train_run()
+        assert trainable.placement_group_state(group) == "REMOVED"
+        assert trainable._RUNNING == {"controller": None, "placement_group": None}
+        waiting = placement_group([{"CPU": 1}, {"CPU": 1}])  # the next trial's workers get their CPUs
+        ray.get(waiting.ready(), timeout=60)
+    finally:
+        ray.shutdown()
+
+
+def tail(log: Path, lines: int = 40) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def test_a_killed_trial_process_hands_its_workers_cpus_to_its_retry(tmp_path: Path) -> None:
+    """A two-worker trial's own process dies mid-run (the OOM killer, say): Ray ends its Train controller and
+    workers, but their placement group lives as long as the sweep's driver. Ray Train's cleaner removes it; it
+    sees the controller die through the dashboard's state API, which a local sweep of Train trials starts. Without
+    it the retry waits for those CPUs forever (checked: its placement group PENDING after 7 minutes)."""
+    sweep = tmp_path / "killed-trial"
+    args = [*SHARED, "max_steps=60", "train.checkpoint_every=4", f"output_dir={tmp_path}", "sweep_name=killed-trial",
+            "resources.workers_per_trial=2", "resources.num_cpus=2", "num_samples=1", "scheduler=fifo",
+            "ray.max_failures=1", "peft.r=8", "peft.alpha=16", "train.lr=0.01"]  # 2 CPUs: the group takes both
+    log = tmp_path / "sweep.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "lora_tune.sweep", *args], cwd=tmp_path, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        killed = kill_trial_process_once_resumable(proc, sweep)
+        assert killed, f"the trial's process could not be killed mid-run; the sweep printed:\n{tail(log)}"
+        assert proc.wait(timeout=420) == 0, tail(log)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (row,) = [r for r in csv.DictReader((sweep / "results.csv").open()) if r["role"] == "trial"]
+    assert row["status"] == "TERMINATED" and row["steps"] == "60" and row["workers"] == "2"
+    assert int(row["failures"]) == 1 and int(row["resumed_from_step"]) >= 4, row
+
+
+def kill_trial_process_once_resumable(proc: subprocess.Popen, sweep: Path) -> bool:
+    """SIGKILL the sweep's Tune trial process (`ray::ResourceTrainable...`) once a resumable state is written."""
+    import psutil
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(sweep.rglob("resume/*/MANIFEST.json")):
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error, IndexError):
+                    if child.cmdline()[0].startswith("ray::ResourceTrainable"):
+                        child.kill()
+                        return True
+        time.sleep(0.2)
+    return False
 
 
 def train_worker_pids(cluster: LocalCluster) -> list[int]:
-    """PIDs of running Ray Train workers, from Ray's state API (asked from a fresh process, as a user would)."""
-    done = subprocess.run([sys.executable, "-c", ALIVE_TRAIN_WORKERS, cluster.dashboard], capture_output=True,
-                          text=True, timeout=60, env=cluster.env, check=True)
-    return json.loads(done.stdout)
+    """PIDs of the cluster's running Ray Train workers, by the title Ray gives an actor's process
+    (`ray::RayTrainWorker...`), read from /proc: polling costs nothing, where asking the dashboard's state API
+    from a new process took seconds a poll and could time out on 2 busy cores."""
+    return cluster.processes_titled("ray::RayTrainWorker")
 
 
 def test_a_killed_worker_fails_its_trial_which_resumes_from_its_checkpoint(cluster: LocalCluster, s3,
@@ -129,8 +190,10 @@ def test_a_killed_worker_fails_its_trial_which_resumes_from_its_checkpoint(clust
             "resources.placement=spread", "num_samples=1", "scheduler=fifo", f"ray.storage_path={uri}",
             f"ray.address={cluster.address}", "peft.r=8", "peft.alpha=16", "train.lr=0.01"]  # every key pinned
     env = {**cluster.env, "HOME": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "lora_tune.sweep", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "sweep.log"  # a file, not a pipe: a full pipe would block the sweep
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "lora_tune.sweep", *args], cwd=tmp_path, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
     store = Store.at(f"{uri}/killed-worker")
     killed = None
     deadline = time.monotonic() + 400
@@ -142,8 +205,8 @@ def test_a_killed_worker_fails_its_trial_which_resumes_from_its_checkpoint(clust
                 killed = pids[1]
                 os.kill(killed, signal.SIGKILL)
             time.sleep(0.5)
-        assert killed, "no worker could be killed mid-trial"
-        assert proc.wait(timeout=900) == 0
+        assert killed, f"no worker could be killed mid-trial; the sweep printed:\n{tail(log)}"
+        assert proc.wait(timeout=900) == 0, tail(log)
     finally:
         if proc.poll() is None:
             proc.kill()
