@@ -308,16 +308,16 @@ def stop_train_run() -> None:
     """Tune stops or pauses a trial (ASHA, PBT): abort its Train run and make sure its workers' placement group is
     gone. The group lives as long as the sweep's driver, not the trial: one left behind holds its CPUs/GPUs for
     the rest of the sweep and the next Train trial waits for them forever. Ray Train removes it on abort, and its
-    own cleaner covers a controller that died without one only where the dashboard's state API runs (a local sweep
-    runs none), so it is removed here when the abort did not (it timed out, or failed)."""
+    own cleaner removes it once it sees the controller dead through the dashboard's state API (tuner.init_ray);
+    an abort that timed out or failed leaves it to be removed here at once, not at the cleaner's next poll."""
     controller, group = _RUNNING["controller"], _RUNNING["placement_group"]
     if controller is not None:
         with contextlib.suppress(Exception):  # abort ends the controller actor: ActorDiedError
             ray.get(controller.abort.remote(), timeout=60)
-    if group is not None and placement_group_state(group) != "REMOVED":
-        logging.getLogger(__name__).warning("the stopped trial's Train workers still held their resources "
-                                            "after the abort; releasing them")
-        with contextlib.suppress(Exception):
+    with contextlib.suppress(Exception):  # the trial is going away either way: never fail its stop
+        if group is not None and placement_group_state(group) != "REMOVED":
+            logging.getLogger(__name__).warning("the stopped trial's Train workers still held their resources "
+                                                "after the abort; releasing them")
             ray.util.remove_placement_group(group)
     _RUNNING.update(controller=None, placement_group=None)
 

@@ -138,16 +138,8 @@ class LocalCluster:
             time.sleep(1.0)
 
     def processes_titled(self, prefix: str) -> list[int]:
-        """PIDs of this cluster's processes whose title starts with `prefix` (Ray titles a worker process
-        `ray::<actor class>.<method>`)."""
-        found = []
-        for node in self.procs:
-            with contextlib.suppress(psutil.Error):
-                for child in psutil.Process(node.pid).children(recursive=True):
-                    with contextlib.suppress(psutil.Error, IndexError):
-                        if child.cmdline()[0].startswith(prefix):
-                            found.append(child.pid)
-        return found
+        """PIDs of this cluster's processes whose title starts with `prefix`."""
+        return [pid for node in self.procs for pid in descendants_titled(node.pid, prefix)]
 
     def stop(self) -> None:
         """SIGTERM then SIGKILL each node's process group and descendants (only what this cluster started)."""
@@ -174,6 +166,18 @@ class LocalCluster:
         self.procs.clear()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
         shutil.rmtree(self.logs, ignore_errors=True)
+
+
+def descendants_titled(pid: int, prefix: str) -> list[int]:
+    """PIDs of the processes under `pid` whose title starts with `prefix` (Ray titles a worker process
+    `ray::<actor class>.<method>`), read from /proc."""
+    found = []
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process(pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error, IndexError):
+                if child.cmdline()[0].startswith(prefix):
+                    found.append(child.pid)
+    return found
 
 
 class _ignore_missing:

@@ -1,5 +1,6 @@
 """Multi-worker trials with real Ray Train (TorchTrainer workers on CPU, gloo): the same optimisation as one
-worker with the same global batch, ASHA on top of them, a killed worker's trial resumed, FSDP sharding.
+worker with the same global batch, ASHA on top of them, FSDP sharding, a killed worker's trial resumed, and the
+workers' reserved CPUs handed back when a trial is stopped or its process killed.
 
     .venv/bin/python -m pytest -q tests/test_distributed.py       # minutes: every trial starts a worker group
 """
@@ -25,7 +26,7 @@ from lora_tune.storage import Store
 from lora_tune.sweep import run_sweep
 from lora_tune.train import run_trial
 from tests.conftest import with_space
-from tests.ray_cluster import LocalCluster
+from tests.ray_cluster import LocalCluster, descendants_titled
 
 pytestmark = pytest.mark.slow
 SHARED = ["experiment=tiny", "wandb.mode=disabled", "verbose=0", "data.max_train_examples=32",
@@ -161,24 +162,21 @@ def test_a_killed_trial_process_hands_its_workers_cpus_to_its_retry(tmp_path: Pa
 
 def kill_trial_process_once_resumable(proc: subprocess.Popen, sweep: Path) -> bool:
     """SIGKILL the sweep's Tune trial process (`ray::ResourceTrainable...`) once a resumable state is written."""
-    import psutil
-
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
-        if any(sweep.rglob("resume/*/MANIFEST.json")):
-            for child in psutil.Process(proc.pid).children(recursive=True):
-                with contextlib.suppress(psutil.Error, IndexError):
-                    if child.cmdline()[0].startswith("ray::ResourceTrainable"):
-                        child.kill()
-                        return True
+        trials = descendants_titled(proc.pid, "ray::ResourceTrainable")
+        if trials and any(sweep.rglob("resume/*/MANIFEST.json")):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(trials[0], signal.SIGKILL)
+                return True
         time.sleep(0.2)
     return False
 
 
 def train_worker_pids(cluster: LocalCluster) -> list[int]:
     """PIDs of the cluster's running Ray Train workers, by the title Ray gives an actor's process
-    (`ray::RayTrainWorker...`), read from /proc: polling costs nothing, where asking the dashboard's state API
-    from a new process took seconds a poll and could time out on 2 busy cores."""
+    (`ray::RayTrainWorker...`), read from /proc: polling costs nothing (asking the dashboard's state API from a
+    new process took seconds a poll, and one run on 2 busy cores never saw both workers before the trial ended)."""
     return cluster.processes_titled("ray::RayTrainWorker")
 
 
