@@ -131,6 +131,8 @@ def run_sweep(cfg: SweepConfig, notes: list[str] | None = None) -> dict[str, Any
     tracker = TrialTracker(cfg.wandb, cfg.sweep_name, store, local_dir, cfg.model.name_or_path, cfg.metric, cfg.mode)
     failures = tuner.FailureCounter()
     callbacks = [tuner.TrackerCallback(tracker, cfg), failures]
+    if cfg.resources.workers_per_trial > 1:
+        callbacks.append(tuner.TrainGroupReaper())
     phases.mark("ray_start_s")
     try:
         reference = tuner.start_task(cfg, references, cfg, location, data)  # beside the trials

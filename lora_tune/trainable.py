@@ -35,6 +35,7 @@ from lora_tune.train import STATE_FILE, TrialDiverged, run_trial
 
 DIVERGED_MARKER = "diverged.txt"
 RESUME_DIR = "resume"
+TRAIN_GROUP_FILE = "train_placement_group.txt"  # the placement group id of the trial's current Train run
 # This trial actor's running Train controller and its workers' placement group, for stop_train_run.
 _RUNNING: dict[str, Any] = {"controller": None, "placement_group": None}
 
@@ -245,6 +246,8 @@ def run_under_tune(trainer_for: Any) -> None:
             break
         if kind in _RUNNING:
             _RUNNING[kind] = payload
+            if kind == "placement_group":  # for the driver, should this trial's process die (release_train_group)
+                trial_store().write_text(TRAIN_GROUP_FILE, payload.id.hex())
             continue
         relayed = tune.Checkpoint(path=checkpoint.path, filesystem=checkpoint.filesystem) if checkpoint else None
         tune.report(payload, checkpoint=relayed)
@@ -315,13 +318,34 @@ def stop_train_run() -> None:
         with contextlib.suppress(Exception):  # abort ends the controller actor: ActorDiedError
             ray.get(controller.abort.remote(), timeout=60)
     with contextlib.suppress(Exception):  # the trial is going away either way: never fail its stop
-        if group is not None and placement_group_state(group) != "REMOVED":
+        if group is not None and remove_if_held(group):
             logging.getLogger(__name__).warning("the stopped trial's Train workers still held their resources "
-                                                "after the abort; releasing them")
-            ray.util.remove_placement_group(group)
+                                                "after the abort; released them")
     _RUNNING.update(controller=None, placement_group=None)
 
 
+def release_train_group(store: Store) -> bool:
+    """Driver side, for a trial whose process died: Ray ended its Train controller and workers, but their placement
+    group lives on with the driver. Remove it (True) so that the trial's retry and the next trials get its CPUs
+    and GPUs. Ray Train's own cleaner does this only where its state API finds this Ray instance (not where
+    another one runs on the same machine)."""
+    if not store.is_file(TRAIN_GROUP_FILE):
+        return False
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup
+
+    group_id = PlacementGroupID(bytes.fromhex(store.read_text(TRAIN_GROUP_FILE).strip()))
+    return remove_if_held(PlacementGroup(group_id))
+
+
+def remove_if_held(group: Any) -> bool:
+    """Remove the placement group unless the GCS has it removed already; whether it was still there."""
+    if placement_group_state(group) in ("REMOVED", ""):
+        return False
+    ray.util.remove_placement_group(group)
+    return True
+
+
 def placement_group_state(group: Any) -> str:
-    """CREATED, PENDING, REMOVED, ... as the GCS has it now."""
+    """CREATED, PENDING, REMOVED, ... as the GCS has it now ("" for one it does not know)."""
     return ray.util.placement_group_table(group).get("state", "")

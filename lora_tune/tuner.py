@@ -7,6 +7,7 @@ The trial side (what runs inside each trial) is trainable.py; the Jobs API clien
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -42,9 +43,9 @@ def init_ray(cfg: SweepConfig) -> None:
     else:
         # A new local instance on the loopback interface: address="local" never joins another Ray that is
         # running on this machine (ray.init() alone would attach to it through /tmp/ray/ray_current_cluster).
-        # Ray Train trials need the dashboard: its state API is how Ray Train's placement group cleaner sees a
-        # trial's controller die (without it, the workers' reservation of a trial killed mid-run outlives the
-        # trial and the next one waits forever, and the cleaner warns every second). One worker: ~2 s saved.
+        # Ray Train trials start the dashboard: its state API is how Ray Train's placement group cleaner sees a
+        # trial's controller die (TrainGroupReaper does the same from here; without the dashboard the cleaner
+        # also warns every second). One worker a trial: ~2 s saved.
         ray.init(address="local", num_cpus=cfg.resources.num_cpus, log_to_driver=True,
                  include_dashboard=cfg.resources.workers_per_trial > 1, _node_ip_address="127.0.0.1")
 
@@ -211,6 +212,32 @@ class FailureCounter(tune.Callback):
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._record(trial)
+
+
+class TrainGroupReaper(tune.Callback):
+    """Ray Train trials: when a trial fails (its process may have died, its Train controller with it), the placement
+    group of its workers, which lives as long as this driver, is removed so that nothing waits for it forever."""
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._release(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._release(trial)
+
+    @staticmethod
+    def _release(trial: Any) -> None:
+        from lora_tune.storage import Store
+        from lora_tune.trainable import release_train_group
+
+        try:
+            released = release_train_group(Store(trial.storage.storage_filesystem, trial.storage.trial_fs_path))
+        except Exception as exc:  # noqa: BLE001 - a sweep goes on; Ray Train's own cleaner may still release it
+            print(f"lora_tune: warning: could not release trial {trial.trial_id}'s Train workers ({exc})",
+                  file=sys.stderr)
+            return
+        if released:
+            print(f"lora_tune: trial {trial.trial_id} failed holding its Train workers' resources; released them",
+                  file=sys.stderr)
 
 
 class TrackerCallback(tune.Callback):

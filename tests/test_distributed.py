@@ -135,11 +135,12 @@ def tail(log: Path, lines: int = 40) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def test_a_killed_trial_process_hands_its_workers_cpus_to_its_retry(tmp_path: Path) -> None:
+def test_a_killed_trial_process_hands_its_workers_cpus_to_its_retry(cluster: LocalCluster, tmp_path: Path) -> None:
     """A two-worker trial's own process dies mid-run (the OOM killer, say): Ray ends its Train controller and
-    workers, but their placement group lives as long as the sweep's driver. Ray Train's cleaner removes it; it
-    sees the controller die through the dashboard's state API, which a local sweep of Train trials starts. Without
-    it the retry waits for those CPUs forever (checked: its placement group PENDING after 7 minutes)."""
+    workers, but their placement group lives as long as the sweep's driver, and the retry would wait for those
+    CPUs forever (checked: its placement group still PENDING after 7 minutes). The sweep's driver removes it
+    (tuner.TrainGroupReaper). The session's cluster runs beside this local sweep: with two Ray instances on the
+    machine, Ray Train's own cleaner cannot find its instance's state API and removes nothing."""
     sweep = tmp_path / "killed-trial"
     args = [*SHARED, "max_steps=60", "train.checkpoint_every=4", f"output_dir={tmp_path}", "sweep_name=killed-trial",
             "resources.workers_per_trial=2", "resources.num_cpus=2", "num_samples=1", "scheduler=fifo",
