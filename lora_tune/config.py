@@ -465,6 +465,7 @@ class RayConfig:
     shared_fs: bool = False  # a local storage path is a mount shared by every node (NFS/EFS/Lustre)
     max_failures: int = 2  # retries per trial
     num_to_keep: int = 2  # checkpoints kept per trial (the best by metric and the latest)
+    pending_timeout_s: float = 600  # after the trials: how long a task may wait for resources to start
     pip: list[str] = field(default_factory=list)  # http address only: pip requirements installed for the job
 
     def validate(self, p: _Problems) -> None:
@@ -475,6 +476,8 @@ class RayConfig:
                 "storage_path", "accepted: null, a local path, or a URI such as s3://bucket/prefix")
         p.check(isinstance(self.pip, (list, tuple)) and all(isinstance(r, str) and r for r in self.pip), "pip",
                 f"got {self.pip!r}; accepted: a list of pip requirement strings")
+        p.check(_is_number(self.pending_timeout_s) and self.pending_timeout_s > 0, "pending_timeout_s",
+                f"got {self.pending_timeout_s!r}; accepted: a number of seconds > 0")
         p.check(_is_int(self.max_failures) and self.max_failures >= -1, "max_failures",
                 "accepted: an integer >= -1 (-1: retry forever)")
 

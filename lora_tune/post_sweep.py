@@ -148,7 +148,8 @@ def finish(cfg: SweepConfig, grid: Any, store: Store, local_dir: Path, tracker: 
         return None
     result = results[winner["trial_id"]]
     trial_cfg = cfg.trial_config(overrides_from_params(result.config, cfg.search_space))
-    test = {**score_on_test(trial_cfg, f"{store.uri}/best/{ADAPTER_DIR}"), **reference_scores(references)}
+    test = {**winner_scores(score_on_test, trial_cfg, f"{store.uri}/best/{ADAPTER_DIR}"),
+            **reference_scores(references)}
     summary = summarise(cfg, winner, trial_cfg, test, store, tracker)
     if timings is not None:
         summary["timings"] = timings()
@@ -159,11 +160,26 @@ def finish(cfg: SweepConfig, grid: Any, store: Store, local_dir: Path, tracker: 
     return summary
 
 
+def winner_scores(score_on_test: Any, trial_cfg: Any, adapter: str) -> dict[str, Any]:
+    """The winner's test scores; a scoring that never got resources to start is an error in summary.json's
+    `test` (one line on stderr), and the sweep's results, adapter and summary are written all the same."""
+    from lora_tune.tuner import TaskStuck
+
+    try:
+        return score_on_test(trial_cfg, adapter)
+    except TaskStuck as exc:
+        print(f"lora_tune: error: {exc}", file=sys.stderr, flush=True)
+        return {"error": str(exc)}
+
+
 def summary_line(summary: dict[str, Any] | None, location: str) -> str:
     """The last line a sweep prints: the winner, its metric, its test scores against the base and default LoRA."""
     if summary is None:
         return f"lora_tune: no winner; results in {location}/results.csv"
     test = summary["test"]
+    if "error" in test:
+        return (f"lora_tune: winner {summary['trial_id']} {summary['metric']}={summary['value']:.4f}, not scored on "
+                f"the test split (see the error above); adapter {summary['adapter']}")
     name = test.get("headline", "exact_match")
     others = [f"{label} {test[key]:.3f}" for label, key in (("base", f"base_{name}"),
                                                             ("default LoRA", f"default_lora_{name}"))

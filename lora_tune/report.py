@@ -103,6 +103,8 @@ def test_section(summary: dict[str, Any] | None) -> list[str]:
     if not summary or not isinstance(summary.get("test"), dict):
         return ["No winner was scored on the test split (no best/summary.json)."]
     test = summary["test"]
+    if "error" in test:
+        return [f"The winner was not scored on the test split: {test['error']}"]
     names = test_metrics(test)
     models = [("base", f"base model ({summary.get('bits')}-bit)"),
               ("default_lora", "default LoRA baseline (r=8, alpha=16, qv, 16-bit, same steps)"),

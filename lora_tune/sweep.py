@@ -61,17 +61,24 @@ def with_detected_format(cfg: SweepConfig, data: Any) -> SweepConfig:
 def score_on_test(cfg: SweepConfig) -> Any:
     """The winner's test scoring, as a Ray task on all of the sweep's CPUs (a GPU on a cluster)."""
     from lora_tune.evaluate import score_on_test as score
-    from lora_tune.tuner import start_task, task_result
+    from lora_tune.tuner import start_task
 
-    return lambda trial_cfg, adapter: task_result(start_task(cfg, score, trial_cfg, adapter, all_cpus=True))
+    def run(trial_cfg: SweepConfig, adapter: str) -> dict[str, Any]:
+        task = start_task(cfg, "the winner's test scoring", score, trial_cfg, adapter, all_cpus=True)
+        return task.result(cfg.ray.pending_timeout_s)
+
+    return run
 
 
-def reference_results(ref: Any) -> dict[str, Any] | None:
+def reference_results(cfg: SweepConfig, task: Any) -> dict[str, Any] | None:
     """What the reference task (base scores, default-LoRA baseline) returned; a failure is a warning."""
-    from lora_tune.tuner import task_result
+    from lora_tune.tuner import TaskStuck
 
     try:
-        return task_result(ref)
+        return task.result(cfg.ray.pending_timeout_s)
+    except TaskStuck as exc:
+        print(f"lora_tune: warning: {exc}", file=sys.stderr)
+        return None
     except Exception as exc:  # noqa: BLE001 - the sweep's own results stand without the references
         reason = (str(exc).strip().splitlines() or [""])[-1][:300]
         print(f"lora_tune: warning: the base / default-LoRA reference task failed ({reason})", file=sys.stderr)
@@ -135,12 +142,13 @@ def run_sweep(cfg: SweepConfig, notes: list[str] | None = None) -> dict[str, Any
         callbacks.append(tuner.TrainGroupReaper())
     phases.mark("ray_start_s")
     try:
-        reference = tuner.start_task(cfg, references, cfg, location, data)  # beside the trials
+        reference = tuner.start_task(cfg, "the base / default-LoRA reference task", references, cfg, location,
+                                     data)  # beside the trials
         build = tuner.restore_tuner if cfg.resume else tuner.build_tuner
         grid = build(cfg, location, data, callbacks).fit()
         phases.mark("trials_s")
         summary = finish(cfg, grid, store, local_dir, tracker, failures.failures, score_on_test(cfg),
-                         reference_results(reference), phases.after_trials)
+                         reference_results(cfg, reference), phases.after_trials)
     finally:
         tracker.close()
         tuner.shutdown_ray()
@@ -154,7 +162,9 @@ def launch(cfg: SweepConfig, overrides: list[str], config_dirs: list[str] | None
     from lora_tune import jobs
 
     if cfg.dry_run or not jobs.is_job_address(cfg.ray.address):  # a dry run plans locally, submits nothing
-        run_sweep(resolve_resume(cfg), pin_notes(cfg, overrides))
+        summary = run_sweep(resolve_resume(cfg), pin_notes(cfg, overrides))
+        if summary and "error" in summary["test"]:  # written all the same, but the sweep did not do all it should
+            raise SystemExit(1)
         return
     try:
         code = jobs.submit(overrides, cfg, config_dirs or [])

@@ -35,7 +35,7 @@ from lora_tune.train import STATE_FILE, TrialDiverged, run_trial
 
 DIVERGED_MARKER = "diverged.txt"
 RESUME_DIR = "resume"
-TRAIN_GROUP_FILE = "train_placement_group.txt"  # the placement group id of the trial's current Train run
+TRAIN_GROUP_FILE = "train_placement_groups.txt"  # the placement group ids of the trial's Train runs, one a line
 # This trial actor's running Train controller and its workers' placement group, for stop_train_run.
 _RUNNING: dict[str, Any] = {"controller": None, "placement_group": None}
 
@@ -246,8 +246,8 @@ def run_under_tune(trainer_for: Any) -> None:
             break
         if kind in _RUNNING:
             _RUNNING[kind] = payload
-            if kind == "placement_group":  # for the driver, should this trial's process die (release_train_group)
-                trial_store().write_text(TRAIN_GROUP_FILE, payload.id.hex())
+            if kind == "placement_group":  # for the driver, once the trial has ended (release_train_groups)
+                record_train_group(trial_store(), payload.id.hex())
             continue
         relayed = tune.Checkpoint(path=checkpoint.path, filesystem=checkpoint.filesystem) if checkpoint else None
         tune.report(payload, checkpoint=relayed)
@@ -324,18 +324,31 @@ def stop_train_run() -> None:
     _RUNNING.update(controller=None, placement_group=None)
 
 
-def release_train_group(store: Store) -> bool:
-    """Driver side, for a trial whose process died: Ray ended its Train controller and workers, but their placement
-    group lives on with the driver. Remove it (True) so that the trial's retry and the next trials get its CPUs
-    and GPUs. Ray Train's own cleaner does this only where its state API finds this Ray instance (not where
-    another one runs on the same machine)."""
+def record_train_group(store: Store, group_id: str) -> None:
+    """Add a Train run's placement group id to the trial's list (a restarted trial has one run per start)."""
+    known = recorded_train_groups(store)
+    if group_id not in known:
+        store.write_text(TRAIN_GROUP_FILE, "".join(f"{g}\n" for g in [*known, group_id]))
+
+
+def recorded_train_groups(store: Store) -> list[str]:
+    """The placement group ids the trial's Train runs recorded (hex), oldest first."""
     if not store.is_file(TRAIN_GROUP_FILE):
-        return False
+        return []
+    return [line.strip() for line in store.read_text(TRAIN_GROUP_FILE).splitlines() if line.strip()]
+
+
+def release_train_groups(store: Store) -> int:
+    """Driver side, once a trial has ended (finished, stopped, failed or killed): remove every placement group its
+    Train runs reserved that Ray still holds; how many were. A group lives as long as the sweep's driver, not the
+    trial: Ray Train removes it when its run shuts down, but Tune ends a trial at its last report (ASHA's max_t)
+    or kills a trial whose stop is slow (at the experiment's end, after 10 s) while that shutdown is under way,
+    and its controller dies with the trial's process, leaving the group to hold its CPUs/GPUs forever."""
     from ray._raylet import PlacementGroupID
     from ray.util.placement_group import PlacementGroup
 
-    group_id = PlacementGroupID(bytes.fromhex(store.read_text(TRAIN_GROUP_FILE).strip()))
-    return remove_if_held(PlacementGroup(group_id))
+    groups = [PlacementGroup(PlacementGroupID(bytes.fromhex(g))) for g in recorded_train_groups(store)]
+    return sum(remove_if_held(group) for group in groups)
 
 
 def remove_if_held(group: Any) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ray import tune
@@ -176,23 +177,78 @@ def restore_tuner(cfg: SweepConfig, location: str, data: Any, callbacks: list) -
     return tuner
 
 
-def start_task(cfg: SweepConfig, fn: Callable, *args: Any, all_cpus: bool = False) -> Any:
+class TaskStuck(RuntimeError):
+    """A task the driver waits for after the trials never got the resources to start."""
+
+
+@dataclass
+class Task:
+    """A Ray task started by start_task: a generator that yields once as it starts, then `fn`'s value."""
+    name: str
+    request: dict[str, float]
+    outputs: Any  # the task's ObjectRefGenerator
+
+    def result(self, pending_timeout_s: float) -> Any:
+        """`fn`'s value (raises what it raised); TaskStuck when it has not started `pending_timeout_s` seconds
+        into the wait (its run itself has no limit: a baseline trial on a large model may take hours)."""
+        import ray
+
+        started, _ = ray.wait([self.outputs], timeout=pending_timeout_s)
+        if not started:
+            ray.cancel(self.outputs, force=True)
+            raise TaskStuck(f"{self.name} did not start within ray.pending_timeout_s={pending_timeout_s:g} s: it "
+                            f"needs {format_resources(self.request)}; {held_resources()}")
+        ray.get(next(self.outputs))  # raises what ended the task before it started (a function it cannot load)
+        return ray.get(next(self.outputs))
+
+
+def start_task(cfg: SweepConfig, name: str, fn: Callable, *args: Any, all_cpus: bool = False) -> Task:
     """`fn(*args, threads)` as a Ray task with one trial's (one worker's) resources, a GPU on a cluster, retried
-    like a trial; returns its ObjectRef. `all_cpus`: it runs once the trials are done and may use every CPU."""
+    like a trial. `all_cpus`: it runs once the trials are done and may use every CPU."""
     import ray
 
     res = cfg.resources
-    task = ray.remote(fn).options(num_cpus=res.cpus_per_trial, num_gpus=res.gpus_per_trial,
-                                  max_retries=max(cfg.ray.max_failures, 0))
+    request = {"CPU": res.cpus_per_trial, **({"GPU": res.gpus_per_trial} if res.gpus_per_trial else {})}
+    task = ray.remote(announcing_start(fn)).options(num_cpus=res.cpus_per_trial, num_gpus=res.gpus_per_trial,
+                                                    max_retries=max(cfg.ray.max_failures, 0))
     threads = max(1, int(res.num_cpus or os.cpu_count() or 1)) if all_cpus else max(1, int(res.cpus_per_trial))
-    return task.remote(*args, threads)
+    return Task(name, request, task.remote(*args, threads))
 
 
-def task_result(ref: Any) -> Any:
-    """The task's return value (raises what the task raised)."""
+def announcing_start(fn: Callable) -> Callable:
+    """`fn` as a generator task: its first output says it started (the driver can tell a task that waits for
+    resources from one that runs), its second is `fn`'s value."""
+    def run(*args: Any) -> Any:
+        yield "started"
+        yield fn(*args)
+
+    run.__name__ = run.__qualname__ = getattr(fn, "__name__", "task")  # Ray names the task (and its logs) by it
+    return run
+
+
+def held_resources() -> str:
+    """What holds this Ray's resources now: the placement groups not removed, and what is free of the total."""
     import ray
+    from ray.util.placement_group import placement_group_table
 
-    return ray.get(ref)
+    groups = [g for g in placement_group_table().values() if g.get("state") != "REMOVED"]
+    held = "; ".join(f"placement group {g['placement_group_id'][:8]} ({g['state']}) holds "
+                     + format_resources(sum_bundles(g["bundles"].values())) for g in groups)
+    free, total = ray.available_resources(), ray.cluster_resources()
+    capacity = ", ".join(f"{key} {free.get(key, 0):g} of {total[key]:g}" for key in ("CPU", "GPU") if key in total)
+    return f"{held or 'no placement group holds resources'}; free: {capacity}"
+
+
+def sum_bundles(bundles: Any) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for bundle in bundles:
+        for key, amount in bundle.items():
+            total[key] = total.get(key, 0) + amount
+    return total
+
+
+def format_resources(resources: dict[str, float]) -> str:
+    return ", ".join(f"{key} {amount:g}" for key, amount in resources.items() if key in ("CPU", "GPU")) or "nothing"
 
 
 class FailureCounter(tune.Callback):
@@ -215,28 +271,37 @@ class FailureCounter(tune.Callback):
 
 
 class TrainGroupReaper(tune.Callback):
-    """Ray Train trials: when a trial fails (its process may have died, its Train controller with it), the placement
-    group of its workers, which lives as long as this driver, is removed so that nothing waits for it forever."""
+    """Ray Train trials: once a trial has ended, however it ended (finished, stopped by the scheduler, failed, its
+    process killed), the placement groups of its workers, which live as long as this driver, are removed, and at
+    the experiment's end (after Tune has killed the trials still stopping) every trial's are: a group left behind
+    holds its CPUs/GPUs, and the next trial, the retry or the winner's scoring would wait for them forever."""
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._release(trial, "ended")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._release(trial)
+        self._release(trial, "failed")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._release(trial)
+        self._release(trial, "failed")
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        for trial in trials:
+            self._release(trial, "ended")
 
     @staticmethod
-    def _release(trial: Any) -> None:
+    def _release(trial: Any, how: str) -> None:
         from lora_tune.storage import Store
-        from lora_tune.trainable import release_train_group
+        from lora_tune.trainable import release_train_groups
 
         try:
-            released = release_train_group(Store(trial.storage.storage_filesystem, trial.storage.trial_fs_path))
+            released = release_train_groups(Store(trial.storage.storage_filesystem, trial.storage.trial_fs_path))
         except Exception as exc:  # noqa: BLE001 - a sweep goes on; Ray Train's own cleaner may still release it
             print(f"lora_tune: warning: could not release trial {trial.trial_id}'s Train workers ({exc})",
                   file=sys.stderr)
             return
         if released:
-            print(f"lora_tune: trial {trial.trial_id} failed holding its Train workers' resources; released them",
+            print(f"lora_tune: trial {trial.trial_id} {how} holding its Train workers' resources; released them",
                   file=sys.stderr)
 
 

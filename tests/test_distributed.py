@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -129,6 +130,72 @@ def test_a_stopped_trials_worker_reservation_never_outlives_it() -> None:
         ray.get(waiting.ready(), timeout=60)
     finally:
         ray.shutdown()
+
+
+def test_a_trial_ended_while_its_train_run_shuts_down_leaves_no_placement_group(tmp_path: Path) -> None:
+    """The hang after a Train sweep's trials: Tune ends a trial at a report (ASHA's max_t, a rung, a stopper) while
+    its Train run still runs, then at the experiment's end kills the trial's process if its stop is slow; the
+    Train controller dies with it, Ray Train's cleaner (stopped by then) removes nothing, and the workers'
+    placement group holds every CPU, so the winner's scoring waits forever. Forced here: a stopper ends the trial
+    at step 4 of 12 and a callback kills the trial's process and Ray Train's cleaner as it completes. The driver
+    removes the group as the trial completes (tuner.TrainGroupReaper), and none is left after the sweep."""
+    import ray
+    from ray import tune
+    from ray.util.placement_group import placement_group_table
+
+    from lora_tune import trainable, tuner
+    from lora_tune.preflight import sweep_location
+    from lora_tune.sweep import shared_task_data, with_detected_format
+
+    cfg = compose_config([*SHARED, f"output_dir={tmp_path}", "sweep_name=race", "resources.workers_per_trial=2",
+                          "resources.num_cpus=2", "num_samples=1", "scheduler=fifo", "ray.max_failures=0"])
+    data = shared_task_data(cfg)
+    cfg = with_detected_format(cfg, data)
+    seen: dict[str, list[str]] = {}
+
+    class KillMidShutdown(tune.Callback):  # before the reaper, as Tune's kill comes before any cleanup
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            seen["killed"] = [pid for pid in [trial.last_result["pid"], *cleaner_pids()] if sigkill(pid)]
+
+    class GroupStates(tune.Callback):  # after the reaper: the trial has just ended
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            store = Store(trial.storage.storage_filesystem, trial.storage.trial_fs_path)
+            seen["groups"] = trainable.recorded_train_groups(store)
+            seen["states"] = [ray.util.placement_group_table(group_handle(g))["state"] for g in seen["groups"]]
+
+    tuner.init_ray(cfg)
+    try:
+        storage_path, name = tuner.storage_parent(sweep_location(cfg))
+        grid = tune.Tuner(
+            tuner.tune_trainable(cfg, data), param_space={},
+            run_config=tune.RunConfig(name=name, storage_path=storage_path, stop={"step": 4}, verbose=0,
+                                      callbacks=[KillMidShutdown(), tuner.TrainGroupReaper(), GroupStates()])).fit()
+        left = {pid: g for pid, g in placement_group_table().items() if g["state"] != "REMOVED"}
+    finally:
+        tuner.shutdown_ray()
+    assert grid[0].metrics["step"] == 4 and len(seen["killed"]) == 2, seen  # the trial and Ray Train's cleaner
+    assert len(seen["groups"]) == 1 and seen["states"] == ["REMOVED"], seen
+    assert left == {}, left
+
+
+def cleaner_pids() -> list[int]:
+    """Ray Train's placement group cleaner (a detached actor of this process's local Ray)."""
+    return descendants_titled(os.getpid(), "ray::PlacementGroupCleaner")
+
+
+def sigkill(pid: int) -> bool:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def group_handle(hex_id: str) -> Any:
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup
+
+    return PlacementGroup(PlacementGroupID(bytes.fromhex(hex_id)))
 
 
 def tail(log: Path, lines: int = 40) -> str:

@@ -165,3 +165,27 @@ def test_pbt_exploited_trials_train_at_their_own_mutated_learning_rate(tmp_path:
     assert exploited, "PBT exploited no trial"
     rows = json.loads((tmp_path / "pbt" / "results.json").read_text())
     assert all(r["status"] == "TERMINATED" and r["steps"] == 24 for r in rows if r["role"] == "trial")
+
+
+def test_a_scoring_that_cannot_start_is_one_error_line_and_the_results_stand(tmp_path: Path) -> None:
+    """After the trials the driver waits for the winner's scoring at most ray.pending_timeout_s for it to start
+    (here no time at all: a task cannot have started the instant it is submitted). The sweep says so in one line,
+    writes its results, adapter, summary and report all the same, and exits 1."""
+    import subprocess
+    import sys
+
+    args = ["experiment=tiny", f"output_dir={tmp_path}", "sweep_name=stuck", "wandb.mode=disabled", "num_samples=1",
+            "max_steps=4", "data.max_train_examples=16", "verbose=0", "ray.pending_timeout_s=1e-9"]
+    done = subprocess.run([sys.executable, "-m", "lora_tune.sweep", *args], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 1, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("lora_tune: error:")]
+    assert len(errors) == 1 and "the winner's test scoring did not start within ray.pending_timeout_s=1e-09 s: it " \
+        "needs CPU " in errors[0] and "free: CPU " in errors[0], done.stderr[-3000:]
+    sweep = tmp_path / "stuck"
+    (row,) = rows_of(sweep)
+    summary = json.loads((sweep / "best" / "summary.json").read_text())
+    assert summary["trial_id"] == row["trial_id"] and summary["test"]["error"] == errors[0].split("error: ", 1)[1]
+    assert (sweep / "best" / "adapter" / "adapter_model.safetensors").is_file()
+    assert done.stdout.strip().splitlines()[-1].startswith(f"lora_tune: winner {row['trial_id']} ")
+    assert "not scored on the test split" in done.stdout.strip().splitlines()[-1]

@@ -50,3 +50,39 @@ def test_asha_grace_period_defaults_to_the_first_evaluation() -> None:
 def test_pbt_mutates_the_searched_keys_it_names() -> None:
     pbt = build_scheduler(compose_config(["scheduler=pbt", "scheduler.perturbation_interval=5"]))
     assert pbt._perturbation_interval == 5 and set(pbt._hyperparam_mutations) == {"train.lr"}
+
+
+def test_a_task_after_the_trials_never_waits_forever_for_resources() -> None:
+    """A task the driver waits for after the trials (the winner's scoring, the references) runs and returns, or
+    raises what it raised; one that cannot start because a placement group holds every CPU ends with TaskStuck
+    after ray.pending_timeout_s, naming the task, what it needs and what holds the resources."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from lora_tune.tuner import TaskStuck, start_task
+
+    cfg = compose_config(["experiment=tiny", "resources.cpus_per_trial=1", "ray.max_failures=0"])
+
+    def double(value: int, threads: int) -> int:  # local functions: Ray ships them by value
+        return value * 2
+
+    def refuse(value: int, threads: int) -> int:
+        raise ValueError(f"refused {value}")
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    try:
+        assert start_task(cfg, "doubling", double, 21).result(60) == 42
+        with pytest.raises(ValueError, match="refused 7"):
+            start_task(cfg, "refusing", refuse, 7).result(60)
+        group = placement_group([{"CPU": 1}, {"CPU": 1}])
+        ray.get(group.ready(), timeout=60)
+        with pytest.raises(TaskStuck) as stuck:
+            start_task(cfg, "the winner's test scoring", double, 1).result(2)
+        message = str(stuck.value)
+        assert message.startswith("the winner's test scoring did not start within ray.pending_timeout_s=2 s")
+        assert "needs CPU 1;" in message and f"placement group {group.id.hex()[:8]} (CREATED) holds CPU 2" in message
+        assert message.endswith("free: CPU 0 of 2") and "\n" not in message
+        remove_placement_group(group)
+        assert start_task(cfg, "doubling", double, 5).result(60) == 10  # the cancelled task held nothing
+    finally:
+        ray.shutdown()
