@@ -441,6 +441,10 @@ class ResourcesConfig:
                 f"got {self.workers_per_trial!r}; accepted: an integer >= 1")
         _one_of(p, "strategy", self.strategy, STRATEGIES)
         _one_of(p, "placement", self.placement, PLACEMENTS)
+        if self.workers_per_trial == 1 and _is_number(self.gpus_per_trial):  # a trial loads on one device
+            p.check(self.gpus_per_trial <= 1, "gpus_per_trial", f"got {self.gpus_per_trial:g}: a one-worker trial "
+                    "trains on one GPU; accepted: 0, a fraction of one GPU or 1 (for N GPUs a trial: "
+                    "resources.workers_per_trial=N with gpus_per_trial=1)")
         if _positive_int(self.workers_per_trial) and self.workers_per_trial > 1:
             p.check(not (0 < (self.gpus_per_trial or 0) < 1), "gpus_per_trial",
                     "a Ray Train worker takes whole GPUs; accepted: 0 or an integer with workers_per_trial > 1")
@@ -537,7 +541,6 @@ class SweepConfig(TrialConfig):
         p.check(self.attach is None or (submits and isinstance(self.attach, str) and bool(self.attach.strip())),
                 "attach", "accepted: a job id, with ray.address=http://HOST:8265")
         self._check_cluster_storage(p)
-        self._check_distributed(p)
 
     def _check_cluster_storage(self, p: _Problems) -> None:
         """On a cluster, the sweep must live where every node can reach it (trials checkpoint from any node)."""
@@ -548,19 +551,6 @@ class SweepConfig(TrialConfig):
                 f"{where!r} is a local path, which other nodes of the cluster cannot reach; accepted: an object-store "
                 "URI such as s3://bucket/prefix, or ray.shared_fs=true for a mount (NFS/EFS/Lustre) at the same path "
                 "on every node")
-
-    def _check_distributed(self, p: _Problems) -> None:
-        res = self.resources
-        if not _positive_int(res.workers_per_trial):
-            return
-        if res.strategy == "fsdp":
-            p.check(self.quant.bits != 8, "resources.strategy",
-                    "FSDP cannot shard bitsandbytes 8-bit weights; accepted: ddp with quant.bits=8, or bits 4/16")
-            p.check(not self.peft.use_dora, "resources.strategy",
-                    "DoRA's magnitude vectors are not sharded by lora_tune's FSDP wrap; accepted: ddp with DoRA")
-        if res.workers_per_trial > 1 and self.peft.method == "adalora":
-            p.add("resources.workers_per_trial", "AdaLoRA's rank allocation is per process; accepted: 1 with "
-                  "peft.method=adalora")
 
     @classmethod
     def from_dict(cls, data: dict) -> SweepConfig:
@@ -673,27 +663,45 @@ def _check_mutations(cfg: SweepConfig) -> list[str]:
             f"({', '.join(sorted(searched))})" for key in missing]
 
 
-def _runtime_limits(trial: TrialConfig, on_gpu: bool) -> list[str]:
-    """Combinations that validate but fail when run with PEFT 0.21 + bitsandbytes 0.50."""
-    if trial.peft.use_dora and trial.quant.bits == 8 and not on_gpu:
-        return ["peft.use_dora: DoRA on an 8-bit base fails on CPU (bitsandbytes int8 state); "
-                "accepted: quant.bits 4 or 16 with DoRA, or GPU trials"]
-    return []
+def _runtime_limits(trial: TrialConfig, res: ResourcesConfig) -> list[str]:
+    """Combinations that validate but fail (or silently train wrong) when run with PEFT 0.21, bitsandbytes 0.50
+    and torch 2.13's FSDP2, for one trial on these resources."""
+    problems = []
+    if trial.peft.use_dora and trial.quant.bits == 8 and not res.gpus_per_trial:
+        problems.append("peft.use_dora: DoRA on an 8-bit base fails on CPU (bitsandbytes int8 state); "
+                        "accepted: quant.bits 4 or 16 with DoRA, or GPU trials")
+    if not _positive_int(res.workers_per_trial) or res.workers_per_trial == 1:
+        return problems
+    if res.strategy == "fsdp" and trial.quant.bits == 8:
+        problems.append("resources.strategy: FSDP cannot shard bitsandbytes 8-bit weights; accepted: ddp with "
+                        "quant.bits=8, or fsdp with quant.bits=16")
+    if res.strategy == "fsdp" and trial.quant.bits == 4:
+        # bitsandbytes#1945 (open): fully_shard rewrites the NaN bit patterns of NF4 bytes packed in bf16 (wrong
+        # outputs, silently) and gathering the full weight (the adapter's save) crashes
+        problems.append("resources.strategy: FSDP2 corrupts bitsandbytes 4-bit weights (bitsandbytes#1945: packed "
+                        "NF4 bytes rewritten, a crash gathering them); accepted: ddp with quant.bits=4, or fsdp "
+                        "with quant.bits=16")
+    if res.strategy == "fsdp" and trial.peft.use_dora:
+        problems.append("resources.strategy: DoRA's magnitude vectors are not sharded by lora_tune's FSDP wrap; "
+                        "accepted: ddp with DoRA")
+    if trial.peft.method == "adalora":
+        problems.append("resources.workers_per_trial: AdaLoRA's rank allocation is per process; accepted: 1 with "
+                        "peft.method=adalora")
+    return problems
 
 
 def _check_space_combinations(cfg: SweepConfig, limit: int = 4096) -> list[str]:
     """Every combination of searched peft.*/quant.* choices must be a trial PEFT and bitsandbytes can run."""
-    on_gpu = bool(cfg.resources.gpus_per_trial)
     dims = [d for d in cfg.search_space.values()
             if d.key.startswith(("peft.", "quant.")) and d.type in ("choice", "grid")]
     if not dims:
-        return _runtime_limits(cfg, on_gpu)
+        return _runtime_limits(cfg, cfg.resources)
     if math.prod(len(d.values) for d in dims) > limit:
         return []
 
     def trial_problems(overrides: dict[str, Any]) -> list[str]:
         try:
-            return _runtime_limits(cfg.trial_config(overrides), on_gpu)
+            return _runtime_limits(cfg.trial_config(overrides), cfg.resources)
         except ConfigError as exc:
             return exc.problems
 
@@ -709,7 +717,7 @@ def _check_space_combinations(cfg: SweepConfig, limit: int = 4096) -> list[str]:
                 overrides = rest
         shown = ", ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in overrides.items())
         line = (f"search_space: {shown} cannot run together ({found[0]}); accepted: a space whose every "
-                "combination is valid (split it into separate sweeps)")
+                "combination is valid (split it into separate sweeps)") if overrides else found[0]
         if line not in problems:
             problems.append(line)
     return problems

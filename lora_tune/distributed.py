@@ -4,7 +4,7 @@ process group; this module only uses it).
 `Workers` gives run_trial its rank, device and the collectives it needs; every helper is a no-op for a single
 worker. `wrap` makes the trainable module data parallel: DDP replicates it (each worker holds the base), FSDP2
 (`fully_shard`) shards each decoder layer and the rest of the base over the workers (a 16-bit base too large
-for one GPU; a 4-bit base when its quant storage dtype is the compute dtype).
+for one GPU; validation refuses 4- and 8-bit bases with FSDP).
 """
 
 from __future__ import annotations

@@ -29,9 +29,8 @@ def default_device() -> torch.device:
     return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def quantization_config(quant: QuantConfig, dtype: torch.dtype, fsdp: bool = False) -> Any:
-    """The BitsAndBytesConfig for 4/8 bits, None for 16. Under FSDP the 4-bit weights are stored in the compute
-    dtype (bnb_4bit_quant_storage), which FSDP can shard like any other floating-point tensor."""
+def quantization_config(quant: QuantConfig, dtype: torch.dtype) -> Any:
+    """The BitsAndBytesConfig for 4/8 bits, None for 16 (validation keeps 4/8-bit bases away from FSDP)."""
     from transformers import BitsAndBytesConfig
 
     if quant.bits == 4:
@@ -40,7 +39,6 @@ def quantization_config(quant: QuantConfig, dtype: torch.dtype, fsdp: bool = Fal
             bnb_4bit_quant_type=quant.quant_type,
             bnb_4bit_use_double_quant=quant.double_quant,
             bnb_4bit_compute_dtype=dtype,
-            **({"bnb_4bit_quant_storage": dtype} if fsdp else {}),
         )
     if quant.bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
@@ -57,7 +55,7 @@ def load_tokenizer(name_or_path: str) -> Any:
 
 
 def load_base(name_or_path: str, quant: QuantConfig, precision: precisions.Precision | None = None,
-              device: torch.device | None = None, trust_remote_code: bool = False, fsdp: bool = False) -> Any:
+              device: torch.device | None = None, trust_remote_code: bool = False) -> Any:
     """The frozen base model on `device`, quantized per `quant.bits`; its non-quantized weights (or all of them, at
     16 bits) in the compute dtype (quant.compute_dtype, or the precision's: train.precision=auto by default)."""
     from transformers import AutoModelForCausalLM
@@ -68,7 +66,7 @@ def load_base(name_or_path: str, quant: QuantConfig, precision: precisions.Preci
     model = AutoModelForCausalLM.from_pretrained(
         resolve_model_path(name_or_path),
         dtype=dtype,
-        quantization_config=quantization_config(quant, dtype, fsdp),
+        quantization_config=quantization_config(quant, dtype),
         device_map={"": device.index or 0} if device.type == "cuda" else {"": "cpu"},
         trust_remote_code=trust_remote_code,
     )
@@ -204,16 +202,16 @@ class BaseModelCache:
         self.hits = 0
 
     def acquire(self, name_or_path: str, quant: QuantConfig, precision: precisions.Precision, device: torch.device,
-                trust_remote_code: bool = False, fsdp: bool = False) -> Any:
+                trust_remote_code: bool = False) -> Any:
         """The base for these settings: the cached one when it matches, else freshly loaded."""
         self.release()
         key = (resolve_model_path(name_or_path), quant.bits, quant.quant_type, quant.double_quant,
-               precisions.compute_dtype(quant.compute_dtype, precision), str(device), trust_remote_code, fsdp)
+               precisions.compute_dtype(quant.compute_dtype, precision), str(device), trust_remote_code)
         if key == self.key:
             self.hits += 1
             return self.base
         self.clear()
-        self.base = load_base(name_or_path, quant, precision, device, trust_remote_code, fsdp)
+        self.base = load_base(name_or_path, quant, precision, device, trust_remote_code)
         self.key = key
         return self.base
 

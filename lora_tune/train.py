@@ -100,10 +100,10 @@ def build_state(cfg: TrialConfig, workers: Workers, data: task_data.TaskData | N
     cache = models.BASE_CACHE if base is None and reuse_base else None
     if cache is not None:
         base = cache.acquire(cfg.model.name_or_path, cfg.quant, precision, workers.device,
-                             cfg.model.trust_remote_code, fsdp=workers.strategy == "fsdp")
+                             cfg.model.trust_remote_code)
     elif base is None:
         base = models.load_base(cfg.model.name_or_path, cfg.quant, precision, workers.device,
-                                cfg.model.trust_remote_code, fsdp=workers.strategy == "fsdp")
+                                cfg.model.trust_remote_code)
     seed_everything(cfg.seed)  # the adapter's initialisation depends on it (the same on every worker)
     model = models.attach_adapter(base, cfg.peft, cfg.max_steps, cfg.model.gradient_checkpointing)
     if cache is not None:

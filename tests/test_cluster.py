@@ -230,6 +230,37 @@ def test_kuberay_rayjob_submits_the_sweep() -> None:
     assert "storage_path=/" not in spec["entrypoint"]  # the bucket from the Secret, not a pod's disk
 
 
+def shipped_gpu_nodes() -> dict[str, tuple[dict[str, float], int]]:
+    """Each shipped cluster's GPU worker node: (what Ray may schedule on one node, how many nodes at most)."""
+    nodes = {}
+    (launcher,) = load_all("launcher-aws.yaml")
+    for name, node in launcher["available_node_types"].items():
+        if node.get("resources", {}).get("GPU", 0) >= 1:
+            nodes[f"launcher-aws {name}"] = ({k: float(v) for k, v in node["resources"].items()}, node["max_workers"])
+    for manifest in ("kuberay-raycluster.yaml", "kuberay-rayjob.yaml"):
+        for doc in [d for d in load_all(manifest) if d["kind"] in ("RayCluster", "RayJob")]:
+            spec = doc["spec"].get("rayClusterSpec", doc["spec"])
+            group = gpu_group(spec)
+            limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+            nodes[f"{manifest} {group['groupName']}"] = (
+                {"CPU": float(limits["cpu"]), "GPU": float(limits["nvidia.com/gpu"])}, group["maxReplicas"])
+    return nodes
+
+
+@pytest.mark.parametrize("group", sorted(p.stem for p in (REPO / "conf" / "resources").glob("*.yaml")))
+def test_every_shipped_resource_group_can_be_placed_on_every_shipped_cluster(group: str) -> None:
+    """A trial's workers are a placement group of one bundle each: strict_pack needs them all on one node, pack
+    and spread may use several. A group Ray can never place leaves the trial waiting forever (resources=multi_gpu
+    used strict_pack, two GPUs on one node, on clusters of one-GPU nodes)."""
+    res = compose_config([f"resources={group}"]).resources
+    bundle = {"CPU": res.cpus_per_trial, "GPU": res.gpus_per_trial}
+    for cluster, (node, max_nodes) in shipped_gpu_nodes().items():
+        per_node = res.workers_per_trial if res.placement == "strict_pack" else 1
+        assert all(bundle[k] * per_node <= node.get(k, 0) for k in bundle), (group, cluster, res.placement, node)
+        assert res.workers_per_trial <= max_nodes * min(node["GPU"] // max(res.gpus_per_trial, 1e-9),
+                                                        node["CPU"] // res.cpus_per_trial), (group, cluster)
+
+
 def test_dockerfile_pins_a_cuda_base_and_installs_the_project() -> None:
     text = (CLUSTER_DIR / "Dockerfile").read_text()
     base = re.search(r"^FROM\s+(\S+)", text, re.M).group(1)

@@ -197,7 +197,13 @@ def test_flatten_and_to_dict_round_trip() -> None:
     (["metric=eval_rouge_l"], "metric: got 'eval_rouge_l'"),
     (["eval.metrics=[regex]"], "eval.answer_regex: the regex metric needs it"),
     (["train.precision=fp8"], "train.precision: got 'fp8'; accepted: auto, bf16, fp16, fp32"),
-    (["resources.strategy=fsdp", "quant.bits=8"], "resources.strategy: FSDP cannot shard bitsandbytes 8-bit"),
+    (["resources.workers_per_trial=2", "resources.strategy=fsdp", "quant.bits=8", "search_space=rank"],
+     "resources.strategy: FSDP cannot shard bitsandbytes 8-bit"),
+    (["resources.workers_per_trial=2", "resources.strategy=fsdp", "quant.bits=4", "search_space=rank"],
+     "resources.strategy: FSDP2 corrupts bitsandbytes 4-bit weights (bitsandbytes#1945"),
+    (["resources.workers_per_trial=2", "resources.strategy=fsdp"],  # the default space searches bits 4, 8, 16
+     "resources.strategy: FSDP2 corrupts bitsandbytes 4-bit"),
+    (["resources.gpus_per_trial=2"], "resources.gpus_per_trial: got 2: a one-worker trial trains on one GPU"),
 ])
 def test_combinations_that_would_fail_inside_ray_are_refused(overrides: list[str], expected: str) -> None:
     extra = ["search_space=qlora_vs_lora"] if overrides[0] == "search_alg=optuna" else []
