@@ -132,7 +132,20 @@ def attach_adapter(base: Any, cfg: PeftConfig, max_steps: int, gradient_checkpoi
         param.requires_grad = False
     if gradient_checkpointing:  # non-reentrant: no need to make the inputs require grad
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return get_peft_model(base, peft_config(cfg, max_steps, base))
+    elif base.is_gradient_checkpointing:  # a cached base keeps what the previous trial of the process turned on
+        base.gradient_checkpointing_disable()
+    model = get_peft_model(base, peft_config(cfg, max_steps, base))
+    fp32_masters(model)
+    return model
+
+
+def fp32_masters(model: torch.nn.Module) -> None:
+    """Every trainable parameter in fp32. PEFT keeps LoRA weights fp32 but leaves the biases that peft.bias=all |
+    lora_only trains in the base's dtype: fp16 ones make GradScaler.unscale_ refuse ("Attempting to unscale FP16
+    gradients"), and FSDP refuses parameters of mixed original dtypes. Autocast casts them for the forward."""
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
 
 
 def load_with_adapter(cfg: TrialConfig, adapter_dir: str | None,

@@ -90,3 +90,47 @@ def test_module_names_come_from_the_meta_device(meta_tiny: torch.nn.Module) -> N
     problems = models.check_targets(meta_tiny, PeftConfig(target_modules=["q_proj", "attn_qkv"]), {})
     assert problems[0].startswith("peft.target_modules: the model has no module(s) attn_qkv")
     assert models.check_targets(meta_tiny, PeftConfig(target_modules="all-linear"), {}) == []
+
+
+def test_a_cached_base_checkpoints_only_for_trials_that_ask() -> None:
+    """The base cache hands the next trial the same base: a trial without gradient checkpointing after one with
+    it must not checkpoint (its step time, tokens/s and peak memory would be another configuration's)."""
+    base = models.load_base(TINY, QuantConfig(bits=16))
+    models.attach_adapter(base, PeftConfig(r=4), 10, gradient_checkpointing=True).unload()
+    assert base.is_gradient_checkpointing
+    models.attach_adapter(base, PeftConfig(r=4), 10, gradient_checkpointing=False).unload()
+    assert not base.is_gradient_checkpointing
+
+
+@pytest.fixture(scope="module")
+def biased_tiny(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny Llama with biases on its projections (as Qwen2's attention and GPT-2 have)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from lora_tune.embedded import resolve_model_path
+
+    config = AutoConfig.from_pretrained(resolve_model_path(TINY))
+    config.attention_bias = config.mlp_bias = True
+    out = tmp_path_factory.mktemp("biased-tiny")
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    return str(out)
+
+
+@pytest.mark.parametrize("bias", ["all", "lora_only"])
+def test_every_trainable_parameter_is_an_fp32_master_under_fp16(bias: str, biased_tiny: str) -> None:
+    """Trainable biases of a 16-bit base would stay fp16, and GradScaler.unscale_ refuses fp16 gradients
+    ("Attempting to unscale FP16 gradients"); under FSDP a bf16 bias beside fp32 LoRA weights is refused too."""
+    precision = resolve("fp16", torch.device("cpu"))
+    base = models.load_base(biased_tiny, QuantConfig(bits=16), precision)
+    model = models.attach_adapter(base, PeftConfig(r=4, bias=bias), 10)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert any("bias" in n for n in trainable) and {p.dtype for p in trainable.values()} == {torch.float32}
+    optimizer = torch.optim.AdamW(trainable.values(), lr=1e-3)
+    scaler = precision.scaler()
+    with precision.autocast():
+        loss = model(input_ids=torch.tensor([[1, 2, 3, 4]]), labels=torch.tensor([[1, 2, 3, 4]])).loss
+    scaler.scale(loss.float()).backward()
+    scaler.unscale_(optimizer)
+    scaler.step(optimizer)
+    assert all(torch.isfinite(p).all() for p in trainable.values())
