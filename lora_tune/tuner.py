@@ -209,8 +209,11 @@ def start_task(cfg: SweepConfig, name: str, fn: Callable, *args: Any, all_cpus: 
 
     res = cfg.resources
     request = {"CPU": res.cpus_per_trial, **({"GPU": res.gpus_per_trial} if res.gpus_per_trial else {})}
-    task = ray.remote(announcing_start(fn)).options(num_cpus=res.cpus_per_trial, num_gpus=res.gpus_per_trial,
-                                                    max_retries=max(cfg.ray.max_failures, 0))
+    # max_calls=1: the task's process ends with it, and with it what the task loaded (the reference task's cached
+    # 16-bit base and CUDA context would stay on the GPU beside the trials and the winner's scoring). Only
+    # @ray.remote sets it (.options() cannot; Ray defaults it to 1 only there, for tasks that ask for GPUs).
+    task = ray.remote(num_cpus=res.cpus_per_trial, num_gpus=res.gpus_per_trial, max_calls=1,
+                      max_retries=max(cfg.ray.max_failures, 0))(announcing_start(fn))
     threads = max(1, int(res.num_cpus or os.cpu_count() or 1)) if all_cpus else max(1, int(res.cpus_per_trial))
     return Task(name, request, task.remote(*args, threads))
 
@@ -300,8 +303,8 @@ class TrainGroupReaper(tune.Callback):
             print(f"lora_tune: warning: could not release trial {trial.trial_id}'s Train workers ({exc})",
                   file=sys.stderr)
             return
-        if released:
-            print(f"lora_tune: trial {trial.trial_id} {how} holding its Train workers' resources; released them",
+        if released and how == "failed":  # a trial Tune ends at its last report still holds them: nothing to say
+            print(f"lora_tune: trial {trial.trial_id} failed holding its Train workers' resources; released them",
                   file=sys.stderr)
 
 

@@ -66,12 +66,19 @@ def test_a_task_after_the_trials_never_waits_forever_for_resources() -> None:
     def double(value: int, threads: int) -> int:  # local functions: Ray ships them by value
         return value * 2
 
+    def process_id(value: int, threads: int) -> int:
+        import os
+
+        return os.getpid()
+
     def refuse(value: int, threads: int) -> int:
         raise ValueError(f"refused {value}")
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
     try:
         assert start_task(cfg, "doubling", double, 21).result(60) == 42
+        pids = [start_task(cfg, "pid", process_id, 0).result(60) for _ in range(2)]
+        assert pids[0] != pids[1]  # each task's process ends with it, and what it loaded with it (GPU memory)
         with pytest.raises(ValueError, match="refused 7"):
             start_task(cfg, "refusing", refuse, 7).result(60)
         group = placement_group([{"CPU": 1}, {"CPU": 1}])
