@@ -154,23 +154,26 @@ def train_step(state: TrialState, cfg: TrialConfig, step: int) -> tuple[float, i
     workers = state.workers
     global_tokens = workers.all_sum(sum(supervised_tokens(b) for b, _ in batches))
     scale = workers.world / max(global_tokens, 1.0)
-    total_loss = 0.0
+    loss_sums = []
     for batch, _ in batches:
         loss_sum = state.trainable(**batch)
         state.scaler.scale(loss_sum * scale).backward()
-        total_loss += float(loss_sum.detach())
+        loss_sums.append(loss_sum.detach())
     tokens = sum(real for _, real in batches)
-    total_loss = workers.all_sum(total_loss) / max(global_tokens, 1.0)
+    total_loss = workers.all_sum(float(torch.stack(loss_sums).sum())) / max(global_tokens, 1.0)  # one device sync
     if not math.isfinite(total_loss):
         raise TrialDiverged(f"train loss is {total_loss} at step {step} (train.lr={cfg.train.lr})")
     trainable_params = [p for p in state.trainable.parameters() if p.requires_grad]
     if cfg.train.max_grad_norm:
         state.scaler.unscale_(state.optimizer)
         torch.nn.utils.clip_grad_norm_(trainable_params, cfg.train.max_grad_norm)
-    state.scaler.step(state.optimizer)
+    adalora = cfg.peft.method == "adalora"
+    scale_before = state.scaler.get_scale() if adalora and state.scaler.is_enabled() else None
+    state.scaler.step(state.optimizer)  # unscales the gradients in place first (unless unscale_ did above)
     state.scaler.update()
     state.scheduler.step()
-    if cfg.peft.method == "adalora":
+    skipped = scale_before is not None and state.scaler.get_scale() < scale_before  # fp16 overflow: inf gradients
+    if adalora and not skipped:  # its importance scores read the gradients: never inf/NaN ones
         state.model.base_model.update_and_allocate(step)
     state.optimizer.zero_grad(set_to_none=True)
     return total_loss, tokens
@@ -250,7 +253,11 @@ def restore_checkpoint(state: TrialState, checkpoint: Path) -> None:
     saved = torch.load(checkpoint / STATE_FILE, weights_only=False)
     distributed.load_optimizer_state(state.trainable, state.optimizer, saved["optimizer"], state.workers)
     state.scheduler.load_state_dict(saved["scheduler"])
-    state.scaler.load_state_dict(saved.get("scaler") or {})
+    scaler_state = saved.get("scaler") or {}
+    if scaler_state or not state.scaler.is_enabled():
+        state.scaler.load_state_dict(scaler_state)
+    # else: saved without loss scaling (bf16/fp32; `auto` is fp16 only on GPUs without bf16, so a retry on another
+    # node type can switch): an fp16 scaler starts afresh, as torch refuses to load an empty state into it
     random.setstate(saved["rng"]["python"])
     np.random.set_state(saved["rng"]["numpy"])
     torch.set_rng_state(saved["rng"]["torch"])

@@ -192,3 +192,37 @@ def test_a_trial_start_hands_the_previous_trials_freed_heap_back() -> None:
 
     done = subprocess.run([sys.executable, "-c", HEAP_LEFT_BEHIND], capture_output=True, text=True, check=True)
     assert float(done.stdout) > 100  # MB handed back
+
+
+def test_a_state_saved_without_loss_scaling_resumes_under_fp16(tmp_path: Path) -> None:
+    """train.precision=auto is bf16 on an A100 and fp16 on a V100: a trial retried on another node type resumes a
+    state saved without a loss scaler (an empty scaler state) into an enabled one, which must start afresh (torch
+    raises on an empty state) and train on."""
+    def stop_after_first(metrics: dict, ckpt: str | None) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(tiny_trial(checkpoint_every=8, precision="fp32"), stop_after_first,
+                  checkpoint_root=str(tmp_path / "part"))
+    resumed = collect(tiny_trial(checkpoint_every=8, precision="fp16"), resume_from=str(tmp_path / "part" / "state"),
+                      checkpoint_root=str(tmp_path / "resumed"))
+    assert [r["step"] for r in resumed] == [16, 24] and resumed[0]["resumed_from_step"] == 8
+    assert all(torch.isfinite(torch.tensor(r["eval_loss"])) for r in resumed)
+
+
+def test_an_fp16_step_skipped_for_overflow_leaves_adalora_importance_finite() -> None:
+    """GradScaler skips a step whose gradients overflowed (inf/NaN); AdaLoRA's importance scores, which read the
+    gradients after the step, must not take them in (one such step would poison its rank allocation). An overflow
+    is forced with an initial loss scale near fp32's maximum."""
+    from lora_tune.distributed import Workers
+    from lora_tune.train import build_state, train_step
+
+    cfg = compose_config(["experiment=tiny", "peft.method=adalora", "peft.r=4", "search_space=rank", "quant.bits=16",
+                          "data.max_train_examples=16", "max_steps=24", "train.max_grad_norm=0",
+                          "train.precision=fp16"]).trial_config()
+    state = build_state(cfg, Workers(), reuse_base=False)
+    state.scaler = torch.amp.GradScaler("cpu", init_scale=3e38)
+    train_step(state, cfg, 1)
+    assert state.scaler.get_scale() < 3e38  # the step was skipped
+    importance = state.model.base_model.rankallocator.ipt
+    assert all(torch.isfinite(v).all() for v in importance.values()), "inf/NaN importance scores"
