@@ -86,10 +86,12 @@ def references(cfg: SweepConfig, location: str, data: Any = None, num_threads: i
     """The base model's test scores and (eval.baseline) the trained default LoRA's, each computed once per sweep."""
     import torch
 
+    from lora_tune import memory
     from lora_tune import model as models
     from lora_tune.storage import Store
 
     torch.set_num_threads(num_threads)
+    memory.claim_gpu(cfg.resources.gpus_per_trial, models.default_device())  # the whole (one-call) process's share
     store = Store.at(location)
     out: dict[str, Any] = {}
     if store.is_file(BASE_SCORES):

@@ -28,7 +28,7 @@ COMPUTE_DTYPES = ("auto", "bf16", "fp16", "fp32")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 QUANT_TYPES = ("nf4", "fp4")
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
-OPTIMIZERS = ("auto", "adamw", "paged_adamw")
+OPTIMIZERS = ("auto", "adamw", "adamw_8bit", "paged_adamw")
 MODES = ("min", "max")
 WANDB_MODES = ("online", "offline", "disabled", "auto")
 DATA_FORMATS = ("auto", "prompt_answer", "messages", "alpaca", "text")
@@ -213,7 +213,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
     lr_scheduler: str = "cosine"
-    optimizer: str = "auto"  # auto: paged AdamW on GPU for 4/8-bit bases, torch AdamW otherwise
+    optimizer: str = "auto"  # auto = adamw (torch); adamw_8bit, paged_adamw (bitsandbytes)
     max_grad_norm: float = 1.0
     precision: str = "auto"  # auto: bf16 on native-bf16 GPUs/CPUs, fp16 + loss scaling on older GPUs, else fp32
     eval_every: int = 10

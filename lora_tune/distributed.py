@@ -114,13 +114,17 @@ def shard_fsdp(module: torch.nn.Module, inner: Any) -> torch.nn.Module:
     return module
 
 
-def full_state_dict(module: torch.nn.Module, workers: Workers) -> dict[str, torch.Tensor]:
-    """The module's state with whole (gathered) tensors on CPU; a collective under FSDP (every worker calls)."""
-    if workers.strategy != "fsdp" or not workers.distributed:
-        return {k: v.detach().cpu() for k, v in module.state_dict().items()}
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+def trainable_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The module's trainable parameters (the adapter) as whole tensors on CPU; under FSDP each is gathered from
+    its shards (a collective: every worker calls, in the same parameter order). Nothing frozen is gathered, not
+    even a tied lm_head, which torch's get_model_state_dict(ignore_frozen_params=True) still gathers (it is not
+    among named_parameters, so it cannot tell it is frozen): at a 128k vocabulary that is the whole embedding."""
+    state = {}
+    for name, param in module.named_parameters():
+        if param.requires_grad:
+            tensor = param.detach()
+            state[name] = (tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor).cpu()
+    return state
 
 
 def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, workers: Workers) -> dict:

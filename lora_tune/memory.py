@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import os
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -35,6 +37,27 @@ def reset_peak(device: torch.device) -> None:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
 
 
+def peak_report(device: torch.device) -> dict[str, Any]:
+    """This trial's peak memory, named for what it measures (`peak_mem_measure`): on a GPU torch's allocator peak
+    (`cuda_max_allocated`), with the allocator's reserved peak beside it (what nvidia-smi counts, less the CUDA
+    context); on CPU the process's peak resident set (`process_peak_rss`). `device_mem_mb`: the device's total
+    (the GPU's memory, or this machine's RAM)."""
+    if device.type == "cuda":
+        return {"peak_mem_mb": peak_mb(device), "peak_mem_measure": "cuda_max_allocated",
+                "peak_reserved_mb": torch.cuda.max_memory_reserved(device) / MB,
+                "device_mem_mb": torch.cuda.get_device_properties(device).total_memory / MB}
+    return {"peak_mem_mb": peak_mb(device), "peak_mem_measure": "process_peak_rss",
+            "device_mem_mb": machine_memory_mb()}
+
+
+def machine_memory_mb() -> float | None:
+    try:
+        found = re.search(r"MemTotal:\s+(\d+)\s+kB", Path("/proc/meminfo").read_text())
+    except OSError:
+        return None
+    return int(found.group(1)) / 1024 if found else None
+
+
 def peak_mb(device: torch.device) -> float:
     """This trial's peak on `device`, in MB."""
     if device.type == "cuda":
@@ -50,10 +73,17 @@ def peak_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def cap_gpu_share(share: float, device: torch.device) -> None:
-    """A trial given a fraction of a GPU (resources.gpus_per_trial < 1) may allocate at most that fraction."""
-    if device.type == "cuda" and 0 < share < 1:
-        torch.cuda.set_per_process_memory_fraction(share, device)
+def claim_gpu(gpus: float, device: torch.device) -> None:
+    """The process was given `gpus` (resources.gpus_per_trial): it must see one, or it would train on the CPU
+    unnoticed (a node whose driver is broken, a CPU-only torch in the image); a fraction of one GPU caps what
+    torch may allocate at that fraction."""
+    if gpus and device.type != "cuda":
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+        raise RuntimeError(f"resources.gpus_per_trial={gpus:g}: this process sees no CUDA device "
+                           f"(CUDA_VISIBLE_DEVICES={visible}, torch {torch.__version__} built for CUDA "
+                           f"{torch.version.cuda or 'none'}); refusing to train on the CPU")
+    if device.type == "cuda" and 0 < gpus < 1:
+        torch.cuda.set_per_process_memory_fraction(gpus, device)
 
 
 def release(device: torch.device) -> None:

@@ -308,7 +308,8 @@ def worker_memory(config: Any, model: Any, trial: TrialConfig, device: str, res:
     trainable = trainable_params(config, trial)
     frozen = weight_bytes(model, trial, dtype_bytes)
     weights = frozen / shard + (2 * largest_layer_bytes(model, frozen) if fsdp else 0.0) + trainable * 4 / shard
-    optimizer = trainable * 12 / shard  # fp32 gradients + two AdamW moments
+    moments = 2 if trial.train.optimizer == "adamw_8bit" else 8  # two AdamW moments, 8-bit or fp32
+    optimizer = trainable * (4 + moments) / shard  # fp32 gradients + moments
     runtime = RUNTIME_OVERHEAD_GB[device] * GB + loading_bytes(config, model, trial, device)
     if device == "cuda":
         runtime += trainable * 8 / shard + trainable * (2 if dtype_bytes < 4 else 0)  # step temporaries, autocast

@@ -16,7 +16,8 @@ from typing import Any
 
 LEADING_COLUMNS = ["trial_id", "role", "status", "stopped_early", "steps", "eval_loss"]
 # Per-trial measurements copied from the trial's last report into its row.
-LAST_REPORT_COLUMNS = ("train_loss", "tokens_per_s", "peak_mem_mb", "trainable_params", "node_id", "workers",
+LAST_REPORT_COLUMNS = ("train_loss", "tokens_per_s", "peak_mem_mb", "peak_mem_measure", "peak_reserved_mb",
+                       "device_mem_mb", "trainable_params", "node_id", "workers",
                        "eval_time_frac", "checkpoint_time_frac", "checkpoint_bytes")
 
 

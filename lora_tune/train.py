@@ -74,14 +74,19 @@ def seed_everything(seed: int) -> None:
 
 
 def make_optimizer(cfg: TrialConfig, params: list[torch.nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
-    """Paged AdamW (bitsandbytes) for quantized bases on GPU, torch AdamW otherwise."""
-    name = cfg.train.optimizer
-    if name == "auto":
-        name = "paged_adamw" if device.type == "cuda" and cfg.quant.bits in (4, 8) else "adamw"
-    if name == "paged_adamw":
+    """train.optimizer: adamw (torch; auto), adamw_8bit (bitsandbytes: 8-bit moments, a quarter of the memory) or
+    paged_adamw (bitsandbytes: moments in CUDA unified memory, paged out under memory pressure).
+
+    auto is not paged: bitsandbytes pages only tensors of 1e5 elements or more (optim/optimizer.py:383), which LoRA
+    matrices reach only at large ranks of large models (r=16 on a 4096-wide layer is 65,536), and its page manager
+    is a process-wide singleton that never frees (functional.py GlobalPageManager), so a reused trial process would
+    leak each trial's buffers (the tuner starts a new process per trial with paged_adamw)."""
+    name = "adamw" if cfg.train.optimizer == "auto" else cfg.train.optimizer
+    if name in ("paged_adamw", "adamw_8bit"):
         import bitsandbytes as bnb
 
-        return bnb.optim.PagedAdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        kind = bnb.optim.PagedAdamW if name == "paged_adamw" else bnb.optim.AdamW8bit
+        return kind(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
 
@@ -203,11 +208,11 @@ def evaluate_state(state: TrialState, cfg: TrialConfig, generate: bool) -> dict[
 
 
 def model_state(state: TrialState) -> dict[str, torch.Tensor] | None:
-    """The PEFT model's state with whole tensors when its weights are sharded (FSDP: a collective, every worker
-    calls); None when save_pretrained can read the weights itself."""
+    """The adapter's weights as whole tensors when they are sharded (FSDP: a collective, every worker calls);
+    None when save_pretrained can read them itself."""
     if state.workers.strategy != "fsdp" or not state.workers.distributed:
         return None
-    return distributed.full_state_dict(state.model, state.workers)
+    return distributed.trainable_state_dict(state.model)
 
 
 def resumable_state(state: TrialState) -> dict[str, Any]:
@@ -282,17 +287,18 @@ def run_trial(cfg: TrialConfig, report: Report, resume_from: str | None = None,
               data: task_data.TaskData | None = None, base: Any = None, reuse_base: bool = True,
               workers: Workers | None = None, save_state: SaveState | None = None,
               full_state_in_reports: bool = False, needs_generation: bool = False,
-              gpu_share: float = 0.0) -> dict[str, Any]:
+              gpus: float = 0.0) -> dict[str, Any]:
     """Train one adapter for `cfg.max_steps`, reporting metrics (and a checkpoint) at every evaluation.
 
     Returns the last reported metrics. `report(metrics, checkpoint_dir)` receives a directory that stays valid
     until the next report (None on workers other than the main one). `data` and `base` let a caller share
     tokenized data or a loaded base; otherwise the base is reused from the previous trial in this process when
     it matches (`reuse_base`). `save_state(folder, step)` persists a resumable state (default: it stays under
-    `checkpoint_root/state`)."""
+    `checkpoint_root/state`). `gpus`: what the trial was given (resources.gpus_per_trial): it refuses to run
+    without a GPU, and a fraction caps its allocations (memory.claim_gpu)."""
     workers = workers or Workers.current()
     torch.set_num_threads(cfg.train.num_threads or num_threads or torch.get_num_threads())
-    memory.cap_gpu_share(gpu_share, workers.device)
+    memory.claim_gpu(gpus, workers.device)
     memory.reset_peak(workers.device)
     started = time.perf_counter()
     hits = models.BASE_CACHE.hits
@@ -360,7 +366,7 @@ def step_report(state: TrialState, window: dict[str, float], trainable_params: i
         "lr": state.scheduler.get_last_lr()[0],
         "tokens_per_s": workers.all_sum(window["tokens"]) / window["time"],
         "step_time_s": window["time"] / window["steps"],
-        "peak_mem_mb": workers.all_max(memory.peak_mb(workers.device)),
+        **peak_memory(workers),
         "trainable_params": trainable_params,
         "param_bytes": state.model.get_memory_footprint(),
         "precision": state.precision.name,
@@ -369,6 +375,13 @@ def step_report(state: TrialState, window: dict[str, float], trainable_params: i
         "base_reused": base_reused,
         "resumed_from_step": resumed_from_step,
     }
+
+
+def peak_memory(workers: Workers) -> dict[str, Any]:
+    """memory.peak_report, the largest worker's peaks (every worker calls)."""
+    peaks = memory.peak_report(workers.device)
+    return {k: workers.all_max(v) if k.startswith("peak_") and k != "peak_mem_measure" else v
+            for k, v in peaks.items()}
 
 
 def time_and_bytes(state: TrialState) -> dict[str, Any]:

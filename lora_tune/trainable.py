@@ -95,7 +95,7 @@ def trial_kwargs(cfg: SweepConfig) -> dict[str, Any]:
     generated = cfg.metric in cfg.metric_names()[2:]
     return {"full_state_in_reports": cfg.scheduler.name == "pbt",
             "needs_generation": generated,
-            "gpu_share": cfg.resources.gpus_per_trial if cfg.resources.gpus_per_trial < 1 else 0.0}
+            "gpus": cfg.resources.gpus_per_trial}
 
 
 def run_in_trial(cfg: SweepConfig, params: dict[str, Any], data: TaskData | None, store: Store, checkpoint: Any,

@@ -154,9 +154,7 @@ def build_tuner(cfg: SweepConfig, location: str, data: Any, callbacks: list) -> 
         tune_config=tune.TuneConfig(
             metric=cfg.metric, mode=cfg.mode, num_samples=cfg.num_samples,
             scheduler=build_scheduler(cfg), search_alg=build_search_alg(cfg, concurrent_trials(cfg)),
-            # One worker: its process keeps the loaded base for the next trial (model.BaseModelCache). Ray Train
-            # trials start new workers anyway, and an actor reset would not wait for a running TorchTrainer.
-            reuse_actors=cfg.resources.workers_per_trial == 1,
+            reuse_actors=reuses_actors(cfg),  # the process keeps the loaded base (model.BaseModelCache)
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, callbacks=callbacks, verbose=cfg.verbose,
@@ -166,6 +164,15 @@ def build_tuner(cfg: SweepConfig, location: str, data: Any, callbacks: list) -> 
                                                     checkpoint_score_order=cfg.mode),
         ),
     )
+
+
+def reuses_actors(cfg: SweepConfig) -> bool:
+    """One-worker trials run one after another in one process (it keeps the loaded base), unless a trial may use
+    paged AdamW: bitsandbytes never frees its paged buffers, so each trial would leak its optimizer state. Ray Train
+    trials start new workers anyway (and an actor reset would not wait for a running TorchTrainer)."""
+    optimizers = {cfg.train.optimizer} | {value for dim in cfg.search_space.values()
+                                          if dim.key == "train.optimizer" for value in dim.values or []}
+    return cfg.resources.workers_per_trial == 1 and "paged_adamw" not in optimizers
 
 
 def restore_tuner(cfg: SweepConfig, location: str, data: Any, callbacks: list) -> Any:

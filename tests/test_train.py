@@ -226,3 +226,70 @@ def test_an_fp16_step_skipped_for_overflow_leaves_adalora_importance_finite() ->
     assert state.scaler.get_scale() < 3e38  # the step was skipped
     importance = state.model.base_model.rankallocator.ipt
     assert all(torch.isfinite(v).all() for v in importance.values()), "inf/NaN importance scores"
+
+
+def test_a_trial_given_a_gpu_that_sees_none_refuses_to_train_on_the_cpu() -> None:
+    """resources.gpus_per_trial > 0 and no CUDA device in the process (a broken driver, a CPU-only torch in the
+    image): the trial fails at once, naming what it sees, instead of training on the CPU unnoticed."""
+    if torch.cuda.is_available():
+        pytest.skip("needs a process without CUDA")
+    with pytest.raises(RuntimeError, match=r"resources.gpus_per_trial=0.5: this process sees no CUDA device "
+                                           r"\(CUDA_VISIBLE_DEVICES=.*refusing to train on the CPU"):
+        run_trial(tiny_trial(), lambda metrics, ckpt: None, gpus=0.5)
+    assert collect(dataclasses.replace(tiny_trial(), max_steps=8), gpus=0.0)[-1]["step"] == 8
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA device")
+def test_a_fractional_gpu_share_caps_what_torch_may_allocate() -> None:
+    from lora_tune.memory import claim_gpu
+
+    device = torch.device("cuda", 0)
+    claim_gpu(0.25, device)
+    total = torch.cuda.get_device_properties(device).total_memory
+    try:
+        with pytest.raises(torch.OutOfMemoryError):
+            torch.empty(int(total * 0.3), dtype=torch.uint8, device=device)
+        torch.empty(int(total * 0.2), dtype=torch.uint8, device=device)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        torch.cuda.empty_cache()
+
+
+@pytest.mark.parametrize("name,kind", [("auto", "torch.optim.adamw.AdamW"), ("adamw", "torch.optim.adamw.AdamW"),
+                                       ("adamw_8bit", "bitsandbytes.optim.adamw.AdamW8bit"),
+                                       ("paged_adamw", "bitsandbytes.optim.adamw.PagedAdamW")])
+def test_the_optimizer_is_the_one_asked_for_and_auto_is_not_paged(name: str, kind: str) -> None:
+    from lora_tune.train import make_optimizer
+
+    cfg = tiny_trial(optimizer=name)
+    param = torch.nn.Parameter(torch.zeros(4, 4))
+    optimizer = make_optimizer(cfg, [param], torch.device("cpu"))
+    assert f"{type(optimizer).__module__}.{type(optimizer).__name__}" == kind
+
+
+def test_an_8bit_adamw_trial_trains() -> None:
+    reports = collect(dataclasses.replace(tiny_trial(optimizer="adamw_8bit"), max_steps=16))
+    assert reports[-1]["train_loss"] < reports[0]["train_loss"] or reports[-1]["eval_loss"] < reports[0]["eval_loss"]
+
+
+def test_peak_memory_says_what_it_measures_and_against_what() -> None:
+    from lora_tune.memory import peak_report
+
+    found = peak_report(torch.device("cpu"))
+    assert found["peak_mem_measure"] == "process_peak_rss"
+    assert 0 < found["peak_mem_mb"] < found["device_mem_mb"]
+    reports = collect(dataclasses.replace(tiny_trial(), max_steps=8))
+    assert reports[-1]["peak_mem_measure"] == "process_peak_rss" and reports[-1]["device_mem_mb"] > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA device")
+def test_gpu_peak_memory_is_the_allocators_with_its_reserved_peak() -> None:
+    from lora_tune.memory import peak_report, reset_peak
+
+    device = torch.device("cuda", 0)
+    reset_peak(device)
+    block = torch.empty(256 * 2**20, dtype=torch.uint8, device=device)
+    found = peak_report(device)
+    del block
+    assert found["peak_mem_measure"] == "cuda_max_allocated" and found["peak_mem_mb"] >= 256
+    assert found["peak_reserved_mb"] >= found["peak_mem_mb"] and found["device_mem_mb"] > found["peak_reserved_mb"]

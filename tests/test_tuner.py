@@ -93,3 +93,24 @@ def test_a_task_after_the_trials_never_waits_forever_for_resources() -> None:
         assert start_task(cfg, "doubling", double, 5).result(60) == 10  # the cancelled task held nothing
     finally:
         ray.shutdown()
+
+
+@pytest.mark.parametrize("overrides,reused", [
+    ([], True),
+    (["train.optimizer=adamw_8bit"], True),
+    (["train.optimizer=paged_adamw"], False),  # bitsandbytes never frees paged buffers: a process per trial
+    (["resources.workers_per_trial=2"], False),  # Ray Train starts its own workers
+])
+def test_trial_processes_are_reused_unless_a_trial_may_page_its_optimizer(overrides: list[str], reused: bool) -> None:
+    from lora_tune.tuner import reuses_actors
+
+    assert reuses_actors(compose_config(["experiment=tiny", *overrides])) is reused
+
+
+def test_a_searched_paged_optimizer_stops_process_reuse_too() -> None:
+    from lora_tune.tuner import reuses_actors
+    from tests.conftest import with_space
+
+    cfg = with_space(compose_config(["experiment=tiny"]),
+                     opt={"key": "train.optimizer", "type": "choice", "values": ["adamw", "paged_adamw"]})
+    assert not reuses_actors(cfg)
