@@ -73,17 +73,28 @@ def peak_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+GB = 1024**3
+CUDA_CONTEXT_GB = 0.5  # a process's CUDA context and kernels, outside torch's allocator (plan.py counts it)
+
+
 def claim_gpu(gpus: float, device: torch.device) -> None:
     """The process was given `gpus` (resources.gpus_per_trial): it must see one, or it would train on the CPU
     unnoticed (a node whose driver is broken, a CPU-only torch in the image); a fraction of one GPU caps what
-    torch may allocate at that fraction."""
+    torch may allocate so that the process, CUDA context included, stays within that fraction."""
     if gpus and device.type != "cuda":
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
         raise RuntimeError(f"resources.gpus_per_trial={gpus:g}: this process sees no CUDA device "
                            f"(CUDA_VISIBLE_DEVICES={visible}, torch {torch.__version__} built for CUDA "
                            f"{torch.version.cuda or 'none'}); refusing to train on the CPU")
     if device.type == "cuda" and 0 < gpus < 1:
-        torch.cuda.set_per_process_memory_fraction(gpus, device)
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(allocator_fraction(gpus, total), device)
+
+
+def allocator_fraction(share: float, total_bytes: float) -> float:
+    """The fraction of the GPU torch's allocator may use so that the whole process stays within `share`: the
+    CUDA context lives outside the allocator (the memory plan counts it inside the trial's share)."""
+    return max(0.01, share - CUDA_CONTEXT_GB * GB / total_bytes)
 
 
 def release(device: torch.device) -> None:

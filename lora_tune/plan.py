@@ -33,6 +33,7 @@ from typing import Any
 
 from lora_tune.config import Dimension, SweepConfig, TrialConfig
 from lora_tune.errors import ConfigError, fail
+from lora_tune.memory import CUDA_CONTEXT_GB
 from lora_tune.shipped import MODEL_CONFIGS_DIR as SHIPPED_CONFIGS
 
 GB = 1024**3
@@ -40,7 +41,9 @@ GB = 1024**3
 CLASS_KEYS = ("quant.bits", "peft.r", "peft.target_modules", "peft.use_dora", "peft.method")
 # Searched keys that change activation memory: the plan takes the worst case.
 ACTIVATION_KEYS = ("train.batch_size", "data.max_seq_len", "model.gradient_checkpointing")
-RUNTIME_OVERHEAD_GB = {"cpu": 1.0, "cuda": 1.0}  # Python + torch + tokenizer; CUDA context + cuBLAS workspace
+# Python + torch + tokenizer; on a GPU the CUDA context (outside torch's allocator, which memory.claim_gpu caps at
+# the share less the context) + cuBLAS workspace and other allocator-side runtime
+RUNTIME_OVERHEAD_GB = {"cpu": 1.0, "cuda": CUDA_CONTEXT_GB + 0.5}
 COMMS_GB = 0.5  # NCCL / gloo buffers of a worker of a multi-worker trial
 FRAGMENTATION = 0.10  # GPU only: reserve for the caching allocator's fragmentation
 

@@ -167,6 +167,17 @@ def assert_object_store_and_shared_cache(containers: list[dict]) -> None:
         assert env["HF_HOME"]["value"].startswith("/mnt/shared/") and "/mnt/shared" in mounts
 
 
+@pytest.mark.parametrize("manifest", ["kuberay-raycluster.yaml", "kuberay-rayjob.yaml"])
+def test_gpu_pods_mount_memory_backed_shared_memory(manifest: str) -> None:
+    """A pod's /dev/shm is 64 MB unless a memory-backed volume is mounted there: Ray's object store and torch's
+    dataloader workers need far more (Ray warns and falls back to disk, NCCL can fail)."""
+    (doc,) = [d for d in load_all(manifest) if d["kind"] in ("RayCluster", "RayJob")]
+    pod = gpu_group(doc["spec"].get("rayClusterSpec", doc["spec"]))["template"]["spec"]
+    memory_volumes = {v["name"] for v in pod["volumes"] if v.get("emptyDir", {}).get("medium") == "Memory"}
+    for container in pod["containers"]:
+        assert any(m["mountPath"] == "/dev/shm" and m["name"] in memory_volumes for m in container["volumeMounts"])
+
+
 def test_storage_path_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LORA_TUNE_STORAGE_PATH", "s3://team-bucket/sweeps")
     assert compose_config([]).ray.storage_path == "s3://team-bucket/sweeps"

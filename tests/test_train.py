@@ -293,3 +293,13 @@ def test_gpu_peak_memory_is_the_allocators_with_its_reserved_peak() -> None:
     del block
     assert found["peak_mem_measure"] == "cuda_max_allocated" and found["peak_mem_mb"] >= 256
     assert found["peak_reserved_mb"] >= found["peak_mem_mb"] and found["device_mem_mb"] > found["peak_reserved_mb"]
+
+
+def test_a_gpu_share_leaves_room_for_the_cuda_context_outside_the_allocator() -> None:
+    """set_per_process_memory_fraction caps torch's allocator only; the CUDA context comes on top. The plan counts
+    it inside the trial's share, so the allocator gets the share less the context."""
+    from lora_tune.memory import CUDA_CONTEXT_GB, GB, allocator_fraction
+
+    assert allocator_fraction(0.25, 80 * GB) == pytest.approx(0.25 - CUDA_CONTEXT_GB / 80)
+    assert allocator_fraction(0.25, 80 * GB) * 80 + CUDA_CONTEXT_GB == pytest.approx(0.25 * 80)
+    assert allocator_fraction(0.01, 8 * GB) > 0  # never zero: a tiny share still lets torch allocate
