@@ -12,7 +12,8 @@ gradients + AdamW state in fp32 (and the optimizer step's temporaries), activati
 the global batch (fused attention assumed; with gradient checkpointing only layer inputs are kept), logits, a
 fixed runtime overhead, and on CPU for 4/8 bits the checkpoint read while quantizing. With
 resources.workers_per_trial > 1 DDP adds its gradient buckets and communication buffers; FSDP divides weights,
-adapter and optimizer state by the workers and adds the two decoder layers it gathers at a time. On GPUs a 10 %
+adapter and optimizer state by the workers and adds the two decoder layers it gathers at a time, but each worker
+loads the whole base before sharding it, so a worker's total is at least the whole base. On GPUs a 10 %
 reserve for the caching allocator's fragmentation is added. The sweep's other work gets rows too: the reference
 task (the base's test scoring at 16 bits, then the default-LoRA baseline trial on it) and the winner's scoring.
 Checked against measured peak RSS of SmolLM2-135M trials on CPU (all-linear r=8, batch 4 x 80 tokens): in fp32
@@ -319,7 +320,10 @@ def worker_memory(config: Any, model: Any, trial: TrialConfig, device: str, res:
     if workers > 1:
         runtime += COMMS_GB * GB + (trainable * 4 if not fsdp else 0.0)  # DDP keeps a copy of the gradients
     activations = activation_bytes(config, trial, dtype_bytes, workers)
-    total = (weights + optimizer + activations + runtime) * (1 + FRAGMENTATION if device == "cuda" else 1)
+    reserve = 1 + FRAGMENTATION if device == "cuda" else 1
+    total = (weights + optimizer + activations + runtime) * reserve
+    if fsdp:  # each worker loads the whole base onto its device before fully_shard splits it (model.load_base)
+        total = max(total, (frozen + trainable * 4 + runtime) * reserve)
     return {"trainable": trainable, "weights": weights, "optimizer": optimizer, "activations": activations,
             "total": total}
 
@@ -382,6 +386,8 @@ def make_plan(cfg: SweepConfig) -> Plan:
     res = cfg.resources
     workers = (f"{res.workers_per_trial} workers per trial ({res.strategy}, {res.placement}); memory per worker"
                if res.workers_per_trial > 1 else "1 worker per trial")
+    if res.workers_per_trial > 1 and res.strategy == "fsdp":
+        workers += " (each loads the whole base before sharding it: a total is at least that load)"
     return Plan(
         model=cfg.model.name_or_path, architecture=type(model).__name__, config_source=source,
         total_params=sum(p.numel() for p in model.parameters()), device=device,

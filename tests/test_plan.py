@@ -149,11 +149,11 @@ def test_the_8b_recipe_at_16_bits_fits_four_24gb_gpus_with_fsdp_not_with_ddp() -
     assert "trial classes do NOT fit" in ddp.stdout.strip().splitlines()[-1]
     rows = {line.split()[2]: line.split() for line in ddp.stdout.splitlines()
             if line.strip().startswith("16 ") and "lora" in line}
-    per_gpu_ddp = {line.split()[1] + line.split()[2]: float(line.split()[-2]) for line in ddp.stdout.splitlines()
+    weights_ddp = {line.split()[1] + line.split()[2]: float(line.split()[5]) for line in ddp.stdout.splitlines()
                    if line.strip().startswith("16 ") and "lora" in line}
-    per_gpu_fsdp = {line.split()[1] + line.split()[2]: float(line.split()[-2]) for line in fsdp.stdout.splitlines()
+    weights_fsdp = {line.split()[1] + line.split()[2]: float(line.split()[5]) for line in fsdp.stdout.splitlines()
                     if line.strip().startswith("16 ") and "lora" in line}
-    assert rows and all(per_gpu_fsdp[k] < per_gpu_ddp[k] / 2 for k in per_gpu_ddp)  # sharded 4 ways
+    assert rows and all(weights_fsdp[k] < weights_ddp[k] / 2 for k in weights_ddp)  # sharded 4 ways
 
 
 def test_workers_split_the_batch_and_fsdp_shards_the_weights() -> None:
@@ -200,3 +200,16 @@ def test_every_recipe_composes_and_plans(recipe: Path) -> None:
     done = run_recipe(recipe)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "nothing was started" in done.stdout.strip().splitlines()[-1]
+
+
+def test_fsdp_counts_the_whole_base_each_worker_loads_before_sharding() -> None:
+    """FSDP shards the 16-bit 8B base over 4 workers (about 4 GB of weights each), but each worker loads all of it
+    (16 GB) onto its GPU first: on 16 GB GPUs the load does not fit, whatever the sharded training peak."""
+    shared = ("quant.bits=16", "resources.workers_per_trial=4", "resources.strategy=fsdp")
+    small = run_recipe(REPO / "sweeps" / "cluster_llama3_8b.sh", *shared, "resources.gpu_memory_gb=16")
+    assert small.returncode == 0, small.stderr[-2000:]
+    assert "each loads the whole base before sharding it" in small.stdout
+    assert small.stdout.strip().splitlines()[-1].endswith("6 of 6 trial classes do NOT fit (3 other piece(s) of "
+                                                        "work do NOT fit); nothing was started")
+    rows = [line.split() for line in small.stdout.splitlines() if line.strip().startswith("16 ")]
+    assert rows and all(float(r[5]) < 5 < 15 < float(r[-2]) for r in rows)  # sharded weights, whole-base total
