@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 MB = 2**20
+GB = 2**30
 
 
 def trim_heap() -> None:
@@ -73,7 +74,6 @@ def peak_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-GB = 1024**3
 CUDA_CONTEXT_GB = 0.5  # a process's CUDA context and kernels, outside torch's allocator (plan.py counts it)
 
 

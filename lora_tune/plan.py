@@ -34,10 +34,9 @@ from typing import Any
 
 from lora_tune.config import Dimension, SweepConfig, TrialConfig
 from lora_tune.errors import ConfigError, fail
-from lora_tune.memory import CUDA_CONTEXT_GB
+from lora_tune.memory import CUDA_CONTEXT_GB, GB
 from lora_tune.shipped import MODEL_CONFIGS_DIR as SHIPPED_CONFIGS
 
-GB = 1024**3
 # Searched keys that change the trainable parameters or the weight memory: one row per combination.
 CLASS_KEYS = ("quant.bits", "peft.r", "peft.target_modules", "peft.use_dora", "peft.method")
 # Searched keys that change activation memory: the plan takes the worst case.

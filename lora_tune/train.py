@@ -378,10 +378,9 @@ def step_report(state: TrialState, window: dict[str, float], trainable_params: i
 
 
 def peak_memory(workers: Workers) -> dict[str, Any]:
-    """memory.peak_report, the largest worker's peaks (every worker calls)."""
-    peaks = memory.peak_report(workers.device)
-    return {k: workers.all_max(v) if k.startswith("peak_") and k != "peak_mem_measure" else v
-            for k, v in peaks.items()}
+    """memory.peak_report with each figure the largest worker's (every worker calls, with the same keys)."""
+    return {k: workers.all_max(v) if isinstance(v, (int, float)) else v
+            for k, v in memory.peak_report(workers.device).items()}
 
 
 def time_and_bytes(state: TrialState) -> dict[str, Any]:

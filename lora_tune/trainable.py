@@ -344,11 +344,15 @@ def release_train_groups(store: Store) -> int:
     trial: Ray Train removes it when its run shuts down, but Tune ends a trial at its last report (ASHA's max_t)
     or kills a trial whose stop is slow (at the experiment's end, after 10 s) while that shutdown is under way,
     and its controller dies with the trial's process, leaving the group to hold its CPUs/GPUs forever."""
+    return sum(remove_if_held(train_group(g)) for g in recorded_train_groups(store))
+
+
+def train_group(hex_id: str) -> Any:
+    """The placement group with this recorded id."""
     from ray._raylet import PlacementGroupID
     from ray.util.placement_group import PlacementGroup
 
-    groups = [PlacementGroup(PlacementGroupID(bytes.fromhex(g))) for g in recorded_train_groups(store)]
-    return sum(remove_if_held(group) for group in groups)
+    return PlacementGroup(PlacementGroupID(bytes.fromhex(hex_id)))
 
 
 def remove_if_held(group: Any) -> bool:

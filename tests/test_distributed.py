@@ -7,7 +7,6 @@ workers' reserved CPUs handed back when a trial is stopped or its process killed
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import io
@@ -161,7 +160,7 @@ def test_a_trial_ended_while_its_train_run_shuts_down_leaves_no_placement_group(
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             store = Store(trial.storage.storage_filesystem, trial.storage.trial_fs_path)
             seen["groups"] = trainable.recorded_train_groups(store)
-            seen["states"] = [ray.util.placement_group_table(group_handle(g))["state"] for g in seen["groups"]]
+            seen["states"] = [ray.util.placement_group_table(trainable.train_group(g))["state"] for g in seen["groups"]]
 
     tuner.init_ray(cfg)
     try:
@@ -189,13 +188,6 @@ def sigkill(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def group_handle(hex_id: str) -> Any:
-    from ray._raylet import PlacementGroupID
-    from ray.util.placement_group import PlacementGroup
-
-    return PlacementGroup(PlacementGroupID(bytes.fromhex(hex_id)))
 
 
 def tail(log: Path, lines: int = 40) -> str:
@@ -233,10 +225,8 @@ def kill_trial_process_once_resumable(proc: subprocess.Popen, sweep: Path) -> bo
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         trials = descendants_titled(proc.pid, "ray::ResourceTrainable")
-        if trials and any(sweep.rglob("resume/*/MANIFEST.json")):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(trials[0], signal.SIGKILL)
-                return True
+        if trials and any(sweep.rglob("resume/*/MANIFEST.json")) and sigkill(trials[0]):
+            return True
         time.sleep(0.2)
     return False
 
