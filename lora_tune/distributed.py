@@ -114,6 +114,18 @@ def shard_fsdp(module: torch.nn.Module, inner: Any) -> torch.nn.Module:
     return module
 
 
+def load_from_rank0(model: torch.nn.Module, full_state: dict[str, torch.Tensor] | None) -> None:
+    """Fill the sharded `model` (built on the meta device, then shard_fsdp) with rank 0's `full_state` (its
+    state_dict, on the host; None elsewhere): torch sends one tensor at a time and each worker keeps only its shard,
+    so no device ever holds the whole base (torchtune's and accelerate's way). A collective: every worker calls.
+    A tied lm_head is loaded as its own tensor and FSDP re-ties it to the embedding at the first forward
+    (FSDPParam sets the shared parameter on every module that holds it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, full_state or {}, options=options)
+
+
 def trainable_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The module's trainable parameters (the adapter) as whole tensors on CPU; under FSDP each is gathered from
     its shards (a collective: every worker calls, in the same parameter order). Nothing frozen is gathered, not

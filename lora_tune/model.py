@@ -76,6 +76,23 @@ def load_base(name_or_path: str, quant: QuantConfig, precision: precisions.Preci
     return model
 
 
+def empty_base(name_or_path: str, quant: QuantConfig, precision: precisions.Precision,
+               trust_remote_code: bool = False) -> Any:
+    """The 16-bit base of `name_or_path` with its weights on the meta device (no memory) and its buffers (rotary
+    frequencies, computed from the config, in no checkpoint) real, on the CPU: the skeleton an FSDP worker shards
+    before the weights arrive (distributed.load_from_rank0). Tied embeddings are tied, as from_pretrained ties them."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    dtype = precisions.compute_dtype(quant.compute_dtype, precision)  # as load_base's
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(architecture(name_or_path, trust_remote_code), dtype=dtype,
+                                                 trust_remote_code=trust_remote_code)
+    model.tie_weights()
+    model.config.use_cache = False
+    return model
+
+
 def keep_4bit_layout(model: Any) -> None:
     """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel.
 

@@ -12,8 +12,8 @@ gradients + AdamW state in fp32 (and the optimizer step's temporaries), activati
 the global batch (fused attention assumed; with gradient checkpointing only layer inputs are kept), logits, a
 fixed runtime overhead, and on CPU for 4/8 bits the checkpoint read while quantizing. With
 resources.workers_per_trial > 1 DDP adds its gradient buckets and communication buffers; FSDP divides weights,
-adapter and optimizer state by the workers and adds the two decoder layers it gathers at a time, but each worker
-loads the whole base before sharding it, so a worker's total is at least the whole base. On GPUs a 10 %
+adapter and optimizer state by the workers and adds the two decoder layers it gathers at a time (rank 0 reads the
+base into host memory and sends it one tensor at a time: no GPU holds the whole base). On GPUs a 10 %
 reserve for the caching allocator's fragmentation is added. The sweep's other work gets rows too: the reference
 task (the base's test scoring at 16 bits, then the default-LoRA baseline trial on it) and the winner's scoring.
 Checked against measured peak RSS of SmolLM2-135M trials on CPU (all-linear r=8, batch 4 x 80 tokens): in fp32
@@ -296,6 +296,11 @@ def describe(name: str, dim: Dimension) -> str:
     return f"{name:<16} {dim.key:<22} {domain}"
 
 
+def largest_tensor_bytes(model: Any, dtype_bytes: int) -> float:
+    """The largest weight of the 16-bit base (FSDP refuses quantized ones): usually the embedding."""
+    return float(max(p.numel() for p in model.parameters()) * dtype_bytes)
+
+
 def largest_layer_bytes(model: Any, weights: float) -> float:
     """An FSDP worker gathers one decoder layer while the next is prefetched: the base's weight per layer."""
     layers = getattr(model.config, "num_hidden_layers", 1) or 1
@@ -321,8 +326,8 @@ def worker_memory(config: Any, model: Any, trial: TrialConfig, device: str, res:
     activations = activation_bytes(config, trial, dtype_bytes, workers)
     reserve = 1 + FRAGMENTATION if device == "cuda" else 1
     total = (weights + optimizer + activations + runtime) * reserve
-    if fsdp:  # each worker loads the whole base onto its device before fully_shard splits it (model.load_base)
-        total = max(total, (frozen + trainable * 4 + runtime) * reserve)
+    if fsdp:  # while loading, a worker holds its shards and the one whole tensor being sent (train.sharded_model)
+        total = max(total, (weights + largest_tensor_bytes(model, dtype_bytes) + runtime) * reserve)
     return {"trainable": trainable, "weights": weights, "optimizer": optimizer, "activations": activations,
             "total": total}
 
@@ -364,6 +369,7 @@ def extra_work(cfg: SweepConfig, config: Any, model: Any, device: str, limit: fl
 def make_plan(cfg: SweepConfig) -> Plan:
     """Everything the dry run prints; raises ConfigError for target modules the model does not have."""
     from lora_tune.model import check_targets, meta_model
+    from lora_tune.placement import requirement
     from lora_tune.space import encode_value, space_size
 
     config, source = load_architecture(cfg.model)
@@ -383,10 +389,12 @@ def make_plan(cfg: SweepConfig) -> Plan:
     grid = grid_combinations(cfg)
     worst = class_configs(cfg)[0] if classes else cfg
     res = cfg.resources
-    workers = (f"{res.workers_per_trial} workers per trial ({res.strategy}, {res.placement}); memory per worker"
-               if res.workers_per_trial > 1 else "1 worker per trial")
+    workers = (f"{res.workers_per_trial} workers per trial ({res.strategy}, {res.placement}: {requirement(res)}); "
+               "memory per worker" if res.workers_per_trial > 1 else f"1 worker per trial ({requirement(res)})")
     if res.workers_per_trial > 1 and res.strategy == "fsdp":
-        workers += " (each loads the whole base before sharding it: a total is at least that load)"
+        host_gb = weight_bytes(model, worst, compute_bytes(worst, device)) / GB
+        workers += (f" (rank 0 reads the base into host memory, {host_gb:.1f} GB; each GPU only "
+                    "ever holds its shards and one tensor in flight)")
     return Plan(
         model=cfg.model.name_or_path, architecture=type(model).__name__, config_source=source,
         total_params=sum(p.numel() for p in model.parameters()), device=device,

@@ -102,6 +102,22 @@ def build_state(cfg: TrialConfig, workers: Workers, data: task_data.TaskData | N
     precision = precisions.resolve(cfg.train.precision, workers.device)
     tokenizer = task_data.with_chat_template(models.load_tokenizer(cfg.model.name_or_path), cfg.data)
     data = data or task_data.prepare_task_data(tokenizer, cfg.data, cfg.seed)
+    if workers.strategy == "fsdp" and workers.distributed:
+        model, trainable = sharded_model(cfg, workers, precision, resume_from)
+    else:
+        model = adapted_base(cfg, workers, precision, base, reuse_base, resume_from)
+        trainable = workers.wrap(SupervisedLoss(model, precision), model)
+    optimizer = make_optimizer(cfg, [p for p in trainable.parameters() if p.requires_grad], workers.device)
+    scheduler = get_scheduler(cfg.train.lr_scheduler, optimizer,
+                              num_warmup_steps=int(cfg.train.warmup_ratio * cfg.max_steps),
+                              num_training_steps=cfg.max_steps)
+    return TrialState(model, trainable, tokenizer, optimizer, scheduler, precision.scaler(), data, precision, workers)
+
+
+def adapted_base(cfg: TrialConfig, workers: Workers, precision: precisions.Precision, base: Any,
+                 reuse_base: bool, resume_from: Path | None) -> Any:
+    """The base (from `base`, else this process's BASE_CACHE when `reuse_base`, else a fresh load) with a fresh
+    adapter carrying the weights of `resume_from`'s, before it is made data parallel (DDP starts from rank 0's)."""
     cache = models.BASE_CACHE if base is None and reuse_base else None
     if cache is not None:
         base = cache.acquire(cfg.model.name_or_path, cfg.quant, precision, workers.device,
@@ -109,18 +125,40 @@ def build_state(cfg: TrialConfig, workers: Workers, data: task_data.TaskData | N
     elif base is None:
         base = models.load_base(cfg.model.name_or_path, cfg.quant, precision, workers.device,
                                 cfg.model.trust_remote_code)
-    seed_everything(cfg.seed)  # the adapter's initialisation depends on it (the same on every worker)
-    model = models.attach_adapter(base, cfg.peft, cfg.max_steps, cfg.model.gradient_checkpointing)
+    model = with_adapter(base, cfg, resume_from)
     if cache is not None:
         cache.adapted_by(model)
+    return model
+
+
+def with_adapter(base: Any, cfg: TrialConfig, resume_from: Path | None) -> Any:
+    seed_everything(cfg.seed)  # the adapter's initialisation depends on it
+    model = models.attach_adapter(base, cfg.peft, cfg.max_steps, cfg.model.gradient_checkpointing)
     if resume_from is not None:
         load_adapter_weights(model, resume_from)
+    return model
+
+
+def sharded_model(cfg: TrialConfig, workers: Workers, precision: precisions.Precision,
+                  resume_from: Path | None) -> tuple[Any, torch.nn.Module]:
+    """(PEFT model, its loss module) sharded over the FSDP workers, loaded so that no device ever holds the whole
+    base: every worker shards an empty skeleton (base + adapter on the meta device); rank 0 alone reads the
+    checkpoint, into host memory, and builds the adapter there (seeded, resumed); then the weights go out one
+    tensor at a time. A base too large for one GPU fits in its shards. Never cached: the trial's processes end
+    with it (Ray Train starts new ones per trial)."""
+    if workers.device.type == "cuda":
+        torch.cuda.set_device(workers.device)  # where the broadcast tensors land (the process group's device)
+    full_state = None
+    if workers.is_main:
+        host = models.load_base(cfg.model.name_or_path, cfg.quant, precision, torch.device("cpu"),
+                                cfg.model.trust_remote_code)
+        full_state = with_adapter(host, cfg, resume_from).state_dict()
+    skeleton = models.empty_base(cfg.model.name_or_path, cfg.quant, precision, cfg.model.trust_remote_code)
+    seed_everything(cfg.seed)  # every worker's random state the same (LoRA dropout), as after with_adapter
+    model = models.attach_adapter(skeleton, cfg.peft, cfg.max_steps, cfg.model.gradient_checkpointing)
     trainable = workers.wrap(SupervisedLoss(model, precision), model)
-    optimizer = make_optimizer(cfg, [p for p in trainable.parameters() if p.requires_grad], workers.device)
-    scheduler = get_scheduler(cfg.train.lr_scheduler, optimizer,
-                              num_warmup_steps=int(cfg.train.warmup_ratio * cfg.max_steps),
-                              num_training_steps=cfg.max_steps)
-    return TrialState(model, trainable, tokenizer, optimizer, scheduler, precision.scaler(), data, precision, workers)
+    distributed.load_from_rank0(model, full_state)
+    return model, trainable
 
 
 def step_batches(state: TrialState, cfg: TrialConfig, step: int) -> list[tuple[dict[str, torch.Tensor], int]]:

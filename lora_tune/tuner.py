@@ -49,6 +49,25 @@ def init_ray(cfg: SweepConfig) -> None:
         # also warns every second). One worker a trial: ~2 s saved.
         ray.init(address="local", num_cpus=cfg.resources.num_cpus, log_to_driver=True,
                  include_dashboard=cfg.resources.workers_per_trial > 1, _node_ip_address="127.0.0.1")
+    check_placement(cfg)
+
+
+def check_placement(cfg: SweepConfig) -> None:
+    """Refuse (this machine's own Ray: no node will ever join it) or warn (a cluster: an autoscaler may add one)
+    when the live nodes cannot hold one trial's workers: its trials would wait forever, saying nothing (Ray Tune
+    does not see a Ray Train trial's workers, which its TorchTrainer reserves)."""
+    import ray
+
+    from lora_tune.placement import unplaceable
+
+    reason = unplaceable(cfg.resources, [node["Resources"] for node in ray.nodes() if node.get("Alive")])
+    if reason is None:
+        return
+    if not cfg.ray.address:
+        ray.shutdown()
+        raise ConfigError([f"resources: no trial could start on this machine: {reason}"])
+    print(f"lora_tune: warning: no trial can start on the cluster as it is now: {reason}; trials wait for nodes "
+          "that can hold them (an autoscaler's)", file=sys.stderr, flush=True)
 
 
 def shutdown_ray() -> None:

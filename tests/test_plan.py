@@ -142,7 +142,7 @@ def test_the_8b_recipe_at_16_bits_fits_four_24gb_gpus_with_fsdp_not_with_ddp() -
     shared = ("quant.bits=16", "resources.workers_per_trial=4")
     fsdp = run_recipe(REPO / "sweeps" / "cluster_llama3_8b.sh", *shared, "resources.strategy=fsdp")
     assert fsdp.returncode == 0, fsdp.stderr[-2000:]
-    assert "4 workers per trial (fsdp, strict_pack); memory per worker" in fsdp.stdout
+    assert "4 workers per trial (fsdp, strict_pack: one node with CPU 16, GPU 4); memory per worker" in fsdp.stdout
     assert fsdp.stdout.strip().splitlines()[-1].endswith("all 6 trial classes fit; nothing was started")
     ddp = run_recipe(REPO / "sweeps" / "cluster_llama3_8b.sh", *shared, "resources.strategy=ddp")
     assert ddp.returncode == 0, ddp.stderr[-2000:]
@@ -202,14 +202,15 @@ def test_every_recipe_composes_and_plans(recipe: Path) -> None:
     assert "nothing was started" in done.stdout.strip().splitlines()[-1]
 
 
-def test_fsdp_counts_the_whole_base_each_worker_loads_before_sharding() -> None:
-    """FSDP shards the 16-bit 8B base over 4 workers (about 4 GB of weights each), but each worker loads all of it
-    (16 GB) onto its GPU first: on 16 GB GPUs the load does not fit, whatever the sharded training peak."""
+def test_fsdp_trials_fit_in_their_shards_because_no_gpu_loads_the_whole_base() -> None:
+    """FSDP shards the 16-bit 8B base (15 GB) over 4 workers and loads it straight into the shards (rank 0 reads it
+    into host memory): every trial class fits 16 GB GPUs, while the sweep's single-worker scorings of the whole base
+    do not, and the plan says where the base is read."""
     shared = ("quant.bits=16", "resources.workers_per_trial=4", "resources.strategy=fsdp")
     small = run_recipe(REPO / "sweeps" / "cluster_llama3_8b.sh", *shared, "resources.gpu_memory_gb=16")
     assert small.returncode == 0, small.stderr[-2000:]
-    assert "each loads the whole base before sharding it" in small.stdout
-    assert small.stdout.strip().splitlines()[-1].endswith("6 of 6 trial classes do NOT fit (3 other piece(s) of "
-                                                        "work do NOT fit); nothing was started")
+    assert "rank 0 reads the base into host memory, 15.0 GB; each GPU only ever holds its shards" in small.stdout
+    assert small.stdout.strip().splitlines()[-1].endswith("all 6 trial classes fit (3 other piece(s) of work do NOT "
+                                                        "fit); nothing was started")
     rows = [line.split() for line in small.stdout.splitlines() if line.strip().startswith("16 ")]
-    assert rows and all(float(r[5]) < 5 < 15 < float(r[-2]) for r in rows)  # sharded weights, whole-base total
+    assert len(rows) == 6 and all(float(r[5]) < 5 and 7 < float(r[-2]) < 16 for r in rows)  # shards, total

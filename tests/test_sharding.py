@@ -93,3 +93,55 @@ def test_an_overflow_on_one_rank_skips_the_step_on_every_rank(tmp_path: Path) ->
     mp.spawn(overflow_on_rank_1, args=(port, str(out)), nprocs=2, join=True)
     ranks = [json.loads(Path(f"{out}.{rank}").read_text()) for rank in (0, 1)]
     assert ranks[0] == ranks[1] == {"scale": 512.0, "moved": False}, ranks
+
+
+def load_sharded(rank: int, port: int, out: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from lora_tune import model as models
+    from lora_tune import precision as precisions
+    from lora_tune import train
+    from lora_tune.compose import compose_config
+    from lora_tune.distributed import Workers
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        cfg = compose_config(["experiment=tiny", "quant.bits=16", "train.precision=bf16"]).trial_config()
+        precision = precisions.resolve("bf16", torch.device("cpu"))
+        loads = []
+        real_load = models.load_base
+        models.load_base = lambda *a, **k: loads.append(a[0]) or real_load(*a, **k)
+        model, loss = train.sharded_model(cfg, Workers.current("fsdp"), precision, None)
+        ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])
+        logits = model(input_ids=ids).logits.float()
+        base = model.get_base_model()
+        state = {n: p.full_tensor() if hasattr(p, "full_tensor") else p for n, p in model.state_dict().items()}
+        found = {"loads": loads, "meta": [n for n, t in state.items() if t.is_meta],
+                 "tied": base.lm_head.weight is base.model.embed_tokens.weight,
+                 "sharded": all(hasattr(p, "full_tensor") for p in model.parameters())}
+        if rank == 0:  # the reference: the whole model loaded and adapted in one process, as a 1-worker trial does
+            whole = train.with_adapter(real_load(cfg.model.name_or_path, cfg.quant, precision), cfg, None)
+            reference = whole.state_dict()
+            found["differ"] = sorted(n for n in reference if not torch.equal(reference[n], state[n]))
+            found["same_keys"] = sorted(reference) == sorted(state)
+            found["logit_gap"] = float((whole(input_ids=ids).logits.float() - logits).abs().max())
+        Path(f"{out}.{rank}").write_text(json.dumps(found))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_sharded_trial_loads_the_base_on_rank_0_only_and_gets_the_same_model(tmp_path: Path) -> None:
+    """FSDP loading: only rank 0 reads the checkpoint (into host memory); every worker ends with its shards of
+    exactly the model a single process loads and adapts (base, seeded adapter, rotary buffers), nothing left
+    on the meta device, the tied lm_head tied again after the first forward."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "loaded"
+    mp.spawn(load_sharded, args=(port, str(out)), nprocs=2, join=True)
+    rank0, rank1 = (json.loads(Path(f"{out}.{rank}").read_text()) for rank in (0, 1))
+    assert rank0["loads"] == ["embedded:tiny"] and rank1["loads"] == []
+    for found in (rank0, rank1):
+        assert found["sharded"] and found["meta"] == [] and found["tied"]
+    assert rank0["same_keys"] and rank0["differ"] == [] and rank0["logit_gap"] == 0.0
