@@ -1,0 +1,156 @@
+"""PARITY: does a lora_tune trial train as well as HF `Trainer` on the same thing? (issue 34)
+
+For each seed, the same TrialConfig is trained twice: by `run_trial` and by HF `Trainer` on an identical PEFT model
+(the same base, the adapter initialised from the same seed, so both start from the same weights), the same
+tokenized train and eval rows, global batch (train.batch_size x train.grad_accum), AdamW, learning rate, schedule,
+warm-up, weight decay, gradient clipping and precision. Both are scored by lora_tune's own eval_loss (token-weighted
+mean over the answer tokens) on the same eval rows at the same steps. What is left different is what each does by
+itself: the order of the batches (lora_tune groups by length, HF samples at random) and how each normalises a
+batch's loss. Writes OUT/results_parity.json and OUT/results_parity.md; every figure written by code.
+
+    python -m benchmarks.parity                      # SmolLM2-135M, the issue's config, 3 seeds (~15 min on 2 cores)
+    python -m benchmarks.parity --quick --out /tmp/p # the tiny model, 2 seeds, seconds (the slow test runs this)
+
+A measurement, not a test: nothing here asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import load, timed
+
+# The issue's config: r=8, alpha=16, all-linear, 16-bit, lr 2.58e-3, 30 steps on the dates task.
+FULL = ["peft.r=8", "peft.alpha=16", "peft.target_modules=all-linear", "quant.bits=16", "train.lr=2.58e-3",
+        "max_steps=30", "train.eval_every=10", "data.eval_examples=200"]
+QUICK = ["experiment=tiny", "quant.bits=16", "max_steps=12", "train.eval_every=4", "data.max_train_examples=64"]
+
+
+def trial_config(overrides: list[str], seed: int) -> Any:
+    from lora_tune.compose import compose_config
+
+    return compose_config([*overrides, f"seed={seed}", "wandb.mode=disabled"]).trial_config()
+
+
+def lora_tune_losses(cfg: Any, data: Any) -> dict[int, float]:
+    """step -> eval_loss of `run_trial` (a fresh base: nothing cached from the other arm)."""
+    from lora_tune.train import run_trial
+
+    losses: dict[int, float] = {}
+    run_trial(cfg, lambda metrics, _checkpoint: losses.__setitem__(int(metrics["step"]), metrics["eval_loss"]),
+              data=data, reuse_base=False, num_threads=2)
+    return losses
+
+
+def hf_losses(cfg: Any, data: Any, out: Path) -> dict[int, float]:
+    """step -> eval_loss of HF Trainer on the same model, data and optimisation, scored by lora_tune's eval_loss."""
+    import torch
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from lora_tune import model as models
+    from lora_tune import precision as precisions
+    from lora_tune.data import collate
+    from lora_tune.evaluate import eval_loss
+    from lora_tune.loss import SupervisedLoss
+    from lora_tune.train import with_adapter
+
+    torch.set_num_threads(2)
+    precision = precisions.resolve(cfg.train.precision, torch.device("cpu"))
+    base = models.load_base(cfg.model.name_or_path, cfg.quant, precision, torch.device("cpu"))
+    model = with_adapter(base, cfg, None)  # seeded as run_trial seeds it: the same initial adapter
+    pad_id = models.load_tokenizer(cfg.model.name_or_path).pad_token_id
+    scorer = SupervisedLoss(model, precision)
+    losses: dict[int, float] = {}
+
+    class Score(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step % cfg.train.eval_every == 0 or state.global_step == cfg.max_steps:
+                losses[state.global_step] = eval_loss(scorer, data.eval, pad_id, cfg.train.eval_batch_size)
+
+    args = TrainingArguments(
+        output_dir=str(out), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.train.batch_size,
+        gradient_accumulation_steps=cfg.train.grad_accum, learning_rate=cfg.train.lr,
+        lr_scheduler_type=cfg.train.lr_scheduler, warmup_steps=int(cfg.train.warmup_ratio * cfg.max_steps),
+        weight_decay=cfg.train.weight_decay, max_grad_norm=cfg.train.max_grad_norm, optim="adamw_torch",
+        seed=cfg.seed, use_cpu=True, bf16=precision.name == "bf16", save_strategy="no", eval_strategy="no",
+        logging_strategy="no", report_to="none", disable_tqdm=True, remove_unused_columns=False,
+        dataloader_num_workers=0)
+    Trainer(model=model, args=args, train_dataset=data.train, callbacks=[Score()],
+            data_collator=functools.partial(collate, pad_id=pad_id)).train()
+    return losses
+
+
+def one_seed(overrides: list[str], seed: int, out: Path) -> dict[str, Any]:
+    """Both arms on the same tokenized rows for one seed."""
+    from lora_tune.data import prepare_task_data, with_chat_template
+    from lora_tune.model import load_tokenizer
+
+    cfg = trial_config(overrides, seed)
+    tokenizer = with_chat_template(load_tokenizer(cfg.model.name_or_path), cfg.data)
+    data = prepare_task_data(tokenizer, cfg.data, cfg.seed)
+    ours, ours_s = timed(lambda: lora_tune_losses(cfg, data))
+    hf, hf_s = timed(lambda: hf_losses(cfg, data, out / f"hf-{seed}"))
+    return {"seed": seed, "lora_tune": ours, "hf_trainer": hf, "lora_tune_s": round(ours_s, 1),
+            "hf_trainer_s": round(hf_s, 1)}
+
+
+def compare(overrides: list[str], seeds: list[int], out: Path) -> dict[str, Any]:
+    runs = [one_seed(overrides, seed, out) for seed in seeds]
+    finals = {arm: [run[arm][max(run[arm])] for run in runs] for arm in ("lora_tune", "hf_trainer")}
+    summary = {arm: {"mean": statistics.mean(v), "stdev": statistics.stdev(v) if len(v) > 1 else None}
+               for arm, v in finals.items()}
+    ratio = summary["lora_tune"]["mean"] / summary["hf_trainer"]["mean"]
+    cfg = trial_config(overrides, seeds[0])
+    return {"what": "final eval loss (lora_tune's eval_loss) of run_trial vs HF Trainer on the same model, data "
+                    "and optimisation, per seed",
+            "settings": {"overrides": overrides, "seeds": seeds, "model": cfg.model.name_or_path,
+                         "max_steps": cfg.max_steps, "global_batch": cfg.train.batch_size * cfg.train.grad_accum,
+                         "eval_rows": cfg.data.eval_examples, "precision": cfg.train.precision},
+            "runs": runs, "final": finals, "summary": summary,
+            "ratio": {"lora_tune_over_hf_mean_final": round(ratio, 4)},
+            "target": "lora_tune's mean final eval loss within 10 % of HF's (ratio <= 1.10)",
+            "met": ratio <= 1.10, "load_avg": load()}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    lines = [f"# PARITY: run_trial vs HF Trainer ({s['model']}, {s['max_steps']} steps, global batch "
+             f"{s['global_batch']}, {s['eval_rows']} eval rows, precision {s['precision']})", "",
+             "| seed | arm | eval loss by step | final | wall s |", "|---|---|---|---|---|"]
+    for run in result["runs"]:
+        for arm in ("lora_tune", "hf_trainer"):
+            by_step = ", ".join(f"{step}: {loss:.4f}" for step, loss in sorted(run[arm].items()))
+            lines.append(f"| {run['seed']} | {arm} | {by_step} | {run[arm][max(run[arm])]:.4f} | "
+                         f"{run[arm + '_s']} |")
+    summary = result["summary"]
+    lines += ["", "| arm | mean final | stdev |", "|---|---|---|"]
+    lines += [f"| {arm} | {v['mean']:.4f} | {'—' if v['stdev'] is None else round(v['stdev'], 4)} |"
+              for arm, v in summary.items()]
+    lines += ["", f"lora_tune / HF mean final: {result['ratio']['lora_tune_over_hf_mean_final']:.3f} "
+                  f"(target {result['target']}: {'met' if result['met'] else 'NOT met'})"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the tiny model, 2 seeds (seconds)")
+    parser.add_argument("--seeds", type=int, nargs="+")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent)
+    args = parser.parse_args()
+    seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
+    with tempfile.TemporaryDirectory() as tmp:
+        result = compare(QUICK if args.quick else FULL, seeds, Path(tmp))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results_parity.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / "results_parity.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

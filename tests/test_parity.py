@@ -1,0 +1,30 @@
+"""benchmarks/parity.py (issue 34): run_trial and HF Trainer trained on the same model, data and optimisation,
+both scored by lora_tune's eval_loss; the quick variant (tiny model, 2 seeds)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_the_quick_parity_comparison_trains_both_arms_alike(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "benchmarks.parity", "--quick", "--out", str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "results_parity.json").read_text())
+    assert [run["seed"] for run in result["runs"]] == [0, 1]
+    for run in result["runs"]:
+        ours, hf = run["lora_tune"], run["hf_trainer"]
+        assert list(ours) == list(hf) == ["4", "8", "12"]  # scored at the same steps
+        for losses in (ours, hf):  # both arms learn
+            assert losses["12"] < losses["4"]
+    ratio = result["ratio"]["lora_tune_over_hf_mean_final"]
+    assert ratio <= 1.10 and result["met"]  # no worse than HF on average
+    assert "| 0 | hf_trainer |" in (tmp_path / "results_parity.md").read_text()
