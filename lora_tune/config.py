@@ -208,12 +208,13 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     lr: float = 2e-4
-    batch_size: int = 4  # the global batch: examples per optimizer step (split over a trial's workers)
+    batch_size: int = 4  # examples per micro-batch over all the trial's workers; a step sees batch_size x grad_accum
     grad_accum: int = 1
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
     lr_scheduler: str = "cosine"
     optimizer: str = "auto"  # auto = adamw (torch); adamw_8bit, paged_adamw (bitsandbytes)
+    loraplus_lr_ratio: float | None = None  # LoRA+: lora_B learns at lr x this (PEFT); None: one lr for all
     max_grad_norm: float = 1.0
     precision: str = "auto"  # auto: bf16 on native-bf16 GPUs/CPUs, fp16 + loss scaling on older GPUs, else fp32
     eval_every: int = 10
@@ -231,6 +232,9 @@ class TrainConfig:
                 "accepted: a number in [0, 1)")
         _one_of(p, "lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
         _one_of(p, "optimizer", self.optimizer, OPTIMIZERS)
+        ratio = self.loraplus_lr_ratio
+        p.check(ratio is None or (_is_number(ratio) and ratio >= 1), "loraplus_lr_ratio",
+                f"got {ratio!r}; accepted: null or a number >= 1 (lora_B's learning rate over lora_A's)")
         _one_of(p, "precision", self.precision, PRECISIONS)
         p.check(_is_number(self.max_grad_norm) and self.max_grad_norm >= 0, "max_grad_norm", "accepted: a number >= 0")
         p.check(_optional_positive_int(self.checkpoint_every), "checkpoint_every", "accepted: null or an integer > 0")

@@ -73,21 +73,50 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(cfg: TrialConfig, params: list[torch.nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(cfg: TrialConfig, model: Any, params: list[torch.nn.Parameter],
+                   device: torch.device) -> torch.optim.Optimizer:
     """train.optimizer: adamw (torch; auto), adamw_8bit (bitsandbytes: 8-bit moments, a quarter of the memory) or
-    paged_adamw (bitsandbytes: moments in CUDA unified memory, paged out under memory pressure).
+    paged_adamw (bitsandbytes: moments in CUDA unified memory, paged out under memory pressure). With
+    train.loraplus_lr_ratio, PEFT's LoRA+ groups: lora_B (and 1-d adapter weights) at lr x ratio.
 
     auto is not paged: bitsandbytes pages only tensors of 1e5 elements or more (optim/optimizer.py:383), which LoRA
     matrices reach only at large ranks of large models (r=16 on a 4096-wide layer is 65,536), and its page manager
     is a process-wide singleton that never frees (functional.py GlobalPageManager), so a reused trial process would
     leak each trial's buffers (the tuner starts a new process per trial with paged_adamw)."""
-    name = "adamw" if cfg.train.optimizer == "auto" else cfg.train.optimizer
+    kind = optimizer_class(cfg.train.optimizer)
+    if cfg.train.loraplus_lr_ratio is None:
+        return kind(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    from peft.optimizers import create_loraplus_optimizer
+
+    optimizer = create_loraplus_optimizer(model, kind, lr=cfg.train.lr, loraplus_lr_ratio=cfg.train.loraplus_lr_ratio,
+                                          loraplus_weight_decay=cfg.train.weight_decay)
+    for group, role in zip(optimizer.param_groups, LORAPLUS_GROUPS):
+        group["loraplus_group"] = role  # saved with the optimizer state: apply_hyperparameters reads it
+    return optimizer
+
+
+# The param groups of PEFT's create_loraplus_optimizer, in its order (peft/optimizers/loraplus.py).
+LORAPLUS_GROUPS = ("A", "embedding", "B", "B_no_decay")
+LORAPLUS_EMBEDDING_LR = 1e-6  # PEFT's default for embedding adapters (lora_tune targets Linear layers only)
+
+
+def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
     if name in ("paged_adamw", "adamw_8bit"):
         import bitsandbytes as bnb
 
-        kind = bnb.optim.PagedAdamW if name == "paged_adamw" else bnb.optim.AdamW8bit
-        return kind(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        return bnb.optim.PagedAdamW if name == "paged_adamw" else bnb.optim.AdamW8bit
+    return torch.optim.AdamW
+
+
+def group_hyperparameters(cfg: TrialConfig, group: dict[str, Any]) -> tuple[float, float]:
+    """(peak lr, weight decay) of an optimizer param group under `cfg` (LoRA+ groups by their role)."""
+    role = group.get("loraplus_group", "A")
+    if role == "embedding":
+        return LORAPLUS_EMBEDDING_LR, cfg.train.weight_decay
+    ratio = cfg.train.loraplus_lr_ratio or 1.0
+    if role == "B_no_decay":
+        return cfg.train.lr * ratio, 0.0
+    return cfg.train.lr * (ratio if role == "B" else 1.0), cfg.train.weight_decay
 
 
 def build_state(cfg: TrialConfig, workers: Workers, data: task_data.TaskData | None = None, base: Any = None,
@@ -107,7 +136,7 @@ def build_state(cfg: TrialConfig, workers: Workers, data: task_data.TaskData | N
     else:
         model = adapted_base(cfg, workers, precision, base, reuse_base, resume_from)
         trainable = workers.wrap(SupervisedLoss(model, precision), model)
-    optimizer = make_optimizer(cfg, [p for p in trainable.parameters() if p.requires_grad], workers.device)
+    optimizer = make_optimizer(cfg, model, [p for p in trainable.parameters() if p.requires_grad], workers.device)
     scheduler = get_scheduler(cfg.train.lr_scheduler, optimizer,
                               num_warmup_steps=int(cfg.train.warmup_ratio * cfg.max_steps),
                               num_training_steps=cfg.max_steps)
@@ -313,10 +342,10 @@ def apply_hyperparameters(state: TrialState, cfg: TrialConfig) -> None:
     """After a restore, this trial's own lr and weight decay hold, not the saved ones: a PBT-exploited trial
     continues from another trial's state with its mutated config. The LR schedule keeps its position."""
     for group, lr_lambda in zip(state.optimizer.param_groups, state.scheduler.lr_lambdas):
-        group["initial_lr"] = cfg.train.lr
-        group["weight_decay"] = cfg.train.weight_decay
-        group["lr"] = cfg.train.lr * lr_lambda(state.scheduler.last_epoch)
-    state.scheduler.base_lrs = [cfg.train.lr] * len(state.optimizer.param_groups)
+        peak, group["weight_decay"] = group_hyperparameters(cfg, group)
+        group["initial_lr"] = peak
+        group["lr"] = peak * lr_lambda(state.scheduler.last_epoch)
+    state.scheduler.base_lrs = [group["initial_lr"] for group in state.optimizer.param_groups]
     state.scheduler._last_lr = [group["lr"] for group in state.optimizer.param_groups]
 
 

@@ -35,6 +35,7 @@ BAD_INPUTS = [
     (["num_samples=0"], "num_samples", "integer >= 1"),
     (["num_samples=abc"], "num_samples", "integer >= 1"),
     (["max_steps=0"], "max_steps", "integer > 0"),
+    (["train.loraplus_lr_ratio=0.5"], "train.loraplus_lr_ratio", "null or a number >= 1"),
     (["+peft.rank=4"], "peft.rank", "unknown key"),
     (["foo=1"], "foo", "unknown key"),
     (["scheduler=hyperband"], "scheduler", "asha, fifo, pbt"),

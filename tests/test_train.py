@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tempfile
 from pathlib import Path
 
@@ -15,6 +16,11 @@ from lora_tune.compose import compose_config
 from lora_tune.config import TrialConfig
 from lora_tune.precision import resolve
 from lora_tune.train import TrialDiverged, run_trial
+
+
+# make gpu-check runs these on a GPU machine (pytest -m gpu); here they are skipped
+def needs_gpu(test):  # noqa: ANN001, ANN201
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA device")(test))
 
 
 def tiny_trial(**train: object) -> TrialConfig:
@@ -239,7 +245,7 @@ def test_a_trial_given_a_gpu_that_sees_none_refuses_to_train_on_the_cpu() -> Non
     assert collect(dataclasses.replace(tiny_trial(), max_steps=8), gpus=0.0)[-1]["step"] == 8
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA device")
+@needs_gpu
 def test_a_fractional_gpu_share_caps_what_torch_may_allocate() -> None:
     from lora_tune.memory import claim_gpu
 
@@ -263,7 +269,7 @@ def test_the_optimizer_is_the_one_asked_for_and_auto_is_not_paged(name: str, kin
 
     cfg = tiny_trial(optimizer=name)
     param = torch.nn.Parameter(torch.zeros(4, 4))
-    optimizer = make_optimizer(cfg, [param], torch.device("cpu"))
+    optimizer = make_optimizer(cfg, None, [param], torch.device("cpu"))
     assert f"{type(optimizer).__module__}.{type(optimizer).__name__}" == kind
 
 
@@ -282,7 +288,7 @@ def test_peak_memory_says_what_it_measures_and_against_what() -> None:
     assert reports[-1]["peak_mem_measure"] == "process_peak_rss" and reports[-1]["device_mem_mb"] > 0
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA device")
+@needs_gpu
 def test_gpu_peak_memory_is_the_allocators_with_its_reserved_peak() -> None:
     from lora_tune.memory import peak_report, reset_peak
 
@@ -303,3 +309,39 @@ def test_a_gpu_share_leaves_room_for_the_cuda_context_outside_the_allocator() ->
     assert allocator_fraction(0.25, 80 * GB) == pytest.approx(0.25 - CUDA_CONTEXT_GB / 80)
     assert allocator_fraction(0.25, 80 * GB) * 80 + CUDA_CONTEXT_GB == pytest.approx(0.25 * 80)
     assert allocator_fraction(0.01, 8 * GB) > 0  # never zero: a tiny share still lets torch allocate
+
+
+def test_an_optimizer_step_sees_batch_size_examples_in_each_of_grad_accum_micro_batches() -> None:
+    """train.batch_size is the micro-batch (over all workers), train.grad_accum the micro-batches of a step."""
+    from lora_tune.distributed import Workers
+    from lora_tune.train import build_state, step_batches
+
+    cfg = tiny_trial(batch_size=3, grad_accum=2)
+    state = build_state(cfg, Workers(), reuse_base=False)
+    rows = [batch["input_ids"].shape[0] for batch, _ in step_batches(state, cfg, 1)]
+    assert rows == [3, 3]
+
+
+def test_loraplus_trains_lora_b_at_its_ratio_of_the_learning_rate_and_a_pbt_restore_follows_the_new_one() -> None:
+    from lora_tune.distributed import Workers
+    from lora_tune.train import apply_hyperparameters, build_state, train_step
+
+    cfg = tiny_trial(lr=1e-3, loraplus_lr_ratio=16.0, weight_decay=0.01)
+
+    def peak_lrs(state) -> dict[str, set[float]]:
+        names = {id(p): n for n, p in state.model.named_parameters()}
+        found: dict[str, set[float]] = {"lora_A": set(), "lora_B": set()}
+        for group in state.optimizer.param_groups:
+            for param in group["params"]:
+                part = "lora_B" if "lora_B" in names[id(param)] else "lora_A"
+                found[part].add(round(group["initial_lr"], 9))
+        return found
+
+    state = build_state(cfg, Workers(), reuse_base=False)
+    assert peak_lrs(state) == {"lora_A": {1e-3}, "lora_B": {16e-3}}
+    assert math.isfinite(train_step(state, cfg, 1)[0])
+    mutated = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=2e-3, loraplus_lr_ratio=4.0))
+    apply_hyperparameters(state, mutated)
+    assert peak_lrs(state) == {"lora_A": {2e-3}, "lora_B": {8e-3}}
+    used = [lr for lr, group in zip(state.scheduler.base_lrs, state.optimizer.param_groups) if group["params"]]
+    assert sorted(set(used)) == [2e-3, 8e-3]  # the schedule runs from the new peaks
