@@ -7,7 +7,7 @@ ARGS ?=
 UV_PIP := $(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY)
 export UV_FIND_LINKS ?= $(PIP_FIND_LINKS)
 
-.PHONY: setup sweep test test-fast lint bench clean
+.PHONY: setup sweep test test-fast lint bench gpu-wheels gpu-check gpu-rehearsal clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,15 @@ lint: setup
 
 bench: setup  ## measured comparisons -> benchmarks/results.json and benchmarks/results.md
 	$(PY) -m benchmarks.run $(ARGS)
+
+gpu-wheels: setup  ## wheels for a bare GPU machine with no network -> .gpu/part-NN (60 MiB each; GPU_PYTHON_VERSION)
+	$(PY) scripts/gpu_wheels.py --out .gpu --python-version $(or $(GPU_PYTHON_VERSION),3.12)
+
+gpu-check:  ## on the GPU machine: install .gpu's wheels, GPU tests, sweeps at 4/8/16 bits -> benchmarks/results_gpu.*
+	bash scripts/gpu_check.sh
+
+gpu-rehearsal: setup  ## gpu-check's whole path here, in a clean venv with no network, on the CPU (~15 min)
+	bash scripts/gpu_rehearsal.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
