@@ -9,6 +9,7 @@ full-vocabulary logits (loss.py).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -23,12 +24,21 @@ from lora_tune.prefill import length_batches, padded
 @torch.no_grad()
 def eval_loss(loss_module: torch.nn.Module, examples: list[dict], pad_id: int, batch_size: int,
               workers: Workers | None = None) -> float:
-    """Mean loss over all answer tokens of `examples` (token-weighted, padding ignored); the examples are shared
-    out among the workers."""
+    """Mean loss over all answer tokens of `examples` (token-weighted, padding ignored)."""
+    return eval_loss_stats(loss_module, examples, pad_id, batch_size, workers)[0]
+
+
+def eval_loss_stats(loss_module: torch.nn.Module, examples: list[dict], pad_id: int, batch_size: int,
+                    workers: Workers | None = None) -> tuple[float, float | None]:
+    """(mean loss over all answer tokens of `examples`, its standard error over the examples); the examples are
+    shared out among the workers. The mean is a ratio (sum of the examples' losses L_i over their tokens T_i), so
+    its standard error is the ratio estimator's: sqrt(n/(n-1) * sum (L_i - mean*T_i)^2) / sum T_i (None for one
+    example). It says how far another draw of as many eval rows could move the loss: differences between trials
+    below it are noise."""
     workers = workers or Workers()
     indices, real = workers.shard(len(examples))
     device = next(p for p in loss_module.parameters()).device
-    total, tokens = 0.0, 0
+    sums = torch.zeros(6, dtype=torch.float64)  # n, sum L, sum T, sum L^2, sum T^2, sum L*T
     was_training = loss_module.training
     loss_module.eval()
     # a worker's padding rows (its share topped up to an equal size) count no token
@@ -36,13 +46,19 @@ def eval_loss(loss_module: torch.nn.Module, examples: list[dict], pad_id: int, b
     shard.sort(key=lambda e: len(e["input_ids"]))  # length-sorted batches: little padding, same token sum
     for start in range(0, len(shard), batch_size):
         batch = {k: v.to(device) for k, v in collate(shard[start:start + batch_size], pad_id).items()}
-        total += float(loss_module(**batch))
-        tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        losses = loss_module(**batch, per_row=True).detach().double().cpu()
+        tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(1).double().cpu()
+        counted = tokens > 0
+        losses, tokens = losses[counted], tokens[counted]
+        sums += torch.stack([counted.sum().double(), losses.sum(), tokens.sum(), (losses ** 2).sum(),
+                             (tokens ** 2).sum(), (losses * tokens).sum()])
     loss_module.train(was_training)
-    total, tokens = workers.all_sum(total), workers.all_sum(tokens)
+    n, total, tokens, l2, t2, lt = (workers.all_sum(float(v)) for v in sums)
     if not tokens:
         raise ValueError("the evaluation examples have no supervised token")
-    return total / tokens
+    mean = total / tokens
+    spread = max(l2 - 2 * mean * lt + mean * mean * t2, 0.0)  # sum (L_i - mean*T_i)^2
+    return mean, (math.sqrt(n / (n - 1) * spread) / tokens if n > 1 else None)
 
 
 def _unsupervised(example: dict) -> dict:

@@ -26,6 +26,7 @@ ADAPTER_DIR = "adapter"  # inside a trial checkpoint, and under best/
 def result_rows(cfg: SweepConfig, grid: Any, failures: dict[str, int]) -> tuple[list[dict], dict[str, Any]]:
     """(rows, trial_id -> Ray Result) for every trial of the sweep."""
     metric_columns = [name for name in cfg.metric_names() if name != "train_loss" or cfg.metric == "train_loss"]
+    metric_columns.append("eval_loss_se")  # how far another draw of the eval rows could move eval_loss
     rows, results = [], {}
     for result in grid:
         row = trial_row(result, cfg.metric, cfg.mode, cfg.max_steps, metric_columns, column_names(cfg.search_space),
@@ -172,6 +173,12 @@ def winner_scores(score_on_test: Any, trial_cfg: Any, adapter: str) -> dict[str,
         return {"error": str(exc)}
 
 
+def spread(summary: dict[str, Any]) -> str:
+    """'±SE' after the winner's eval_loss: differences between trials smaller than it are noise of the eval rows."""
+    se = summary.get("eval_metrics", {}).get("eval_loss_se")
+    return f"±{se:.4f}" if summary["metric"] == "eval_loss" and isinstance(se, float) else ""
+
+
 def summary_line(summary: dict[str, Any] | None, location: str) -> str:
     """The last line a sweep prints: the winner, its metric, its test scores against the base and default LoRA."""
     if summary is None:
@@ -185,5 +192,5 @@ def summary_line(summary: dict[str, Any] | None, location: str) -> str:
                                                             ("default LoRA", f"default_lora_{name}"))
               if isinstance(test.get(key), (int, float))]
     compared = f" ({', '.join(others)})" if others else ""
-    return (f"lora_tune: winner {summary['trial_id']} {summary['metric']}={summary['value']:.4f} "
+    return (f"lora_tune: winner {summary['trial_id']} {summary['metric']}={summary['value']:.4f}{spread(summary)} "
             f"test {name.replace('_', ' ')} {test[f'winner_{name}']:.3f}{compared} adapter {summary['adapter']}")

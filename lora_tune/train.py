@@ -261,10 +261,12 @@ def generate_now(cfg: TrialConfig, step: int, needs_generation: bool) -> bool:
 
 
 def evaluate_state(state: TrialState, cfg: TrialConfig, generate: bool) -> dict[str, float]:
-    """eval_loss on the eval examples; the generation metrics on the generation rows when `generate`."""
+    """eval_loss (and its standard error over the rows) on the eval examples; the generation metrics on the
+    generation rows when `generate`."""
     pad = state.tokenizer.pad_token_id
-    metrics = {"eval_loss": evaluate.eval_loss(state.trainable, state.data.eval, pad, cfg.train.eval_batch_size,
-                                               state.workers)}
+    loss, se = evaluate.eval_loss_stats(state.trainable, state.data.eval, pad, cfg.train.eval_batch_size,
+                                        state.workers)
+    metrics = {"eval_loss": loss, "eval_loss_se": se}
     if not math.isfinite(metrics["eval_loss"]):
         raise TrialDiverged(f"eval loss is {metrics['eval_loss']} at step {state.step}")
     names = cfg.generation_metrics()

@@ -93,3 +93,25 @@ def test_one_pass_over_each_prompt_scores_like_separate_loss_and_generation(setu
     assert len(set(answers)) > 1
     multi_turn = [{**examples[0], "labels": list(examples[0]["input_ids"])}, *examples[1:]]
     assert not prefill.shares_prompts(multi_turn, items)
+
+
+def test_the_eval_loss_and_its_standard_error_come_from_each_rows_own_loss(setup) -> None:
+    """Batched and padded, the per-row sums are each row's loss alone; the standard error is the ratio estimator's
+    over the rows (computed here from one-row forwards)."""
+    import math
+
+    from lora_tune.evaluate import eval_loss_stats
+
+    model, tokenizer, examples = setup
+    loss = SupervisedLoss(model, resolve("fp32", torch.device("cpu"))).eval()  # no LoRA dropout
+    rows = []
+    with torch.no_grad():
+        for example in examples:
+            batch = task_data.collate([example], tokenizer.pad_token_id)
+            rows.append((float(loss(**batch)), int((batch["labels"][:, 1:] != -100).sum())))
+    n, tokens = len(rows), sum(t for _, t in rows)
+    mean = sum(row_loss for row_loss, _ in rows) / tokens
+    se = math.sqrt(n / (n - 1) * sum((row_loss - mean * t) ** 2 for row_loss, t in rows)) / tokens
+    found_mean, found_se = eval_loss_stats(loss, examples, tokenizer.pad_token_id, batch_size=5)
+    assert found_mean == pytest.approx(mean, rel=1e-5) and found_se == pytest.approx(se, rel=1e-4)
+    assert 0 < found_se < found_mean

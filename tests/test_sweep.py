@@ -74,6 +74,12 @@ def test_winner_is_the_best_trial_and_summary_records_it(finished_sweep) -> None
     assert on_disk["base_model"] == "embedded:tiny"
     test = on_disk["test"]
     assert test["examples"] == 16 and 0 <= test["base_exact_match"] <= 1 and 0 <= test["winner_exact_match"] <= 1
+    # the eval loss's standard error over the eval rows, at the winner's best report, and in the last line
+    se = best["eval_loss_se"]
+    assert 0 < se < best["eval_loss"] and on_disk["eval_metrics"]["eval_loss_se"] == se
+    from lora_tune.post_sweep import summary_line
+
+    assert f"eval_loss={best['eval_loss']:.4f}±{se:.4f} test " in summary_line(on_disk, str(sweep_dir))
 
 
 def test_best_adapter_loads_with_peft_and_generates(finished_sweep) -> None:
