@@ -21,13 +21,13 @@ from lora_tune.distributed import Workers
 from lora_tune.prefill import length_batches, padded
 
 
-@torch.no_grad()
 def eval_loss(loss_module: torch.nn.Module, examples: list[dict], pad_id: int, batch_size: int,
               workers: Workers | None = None) -> float:
     """Mean loss over all answer tokens of `examples` (token-weighted, padding ignored)."""
     return eval_loss_stats(loss_module, examples, pad_id, batch_size, workers)[0]
 
 
+@torch.no_grad()
 def eval_loss_stats(loss_module: torch.nn.Module, examples: list[dict], pad_id: int, batch_size: int,
                     workers: Workers | None = None) -> tuple[float, float | None]:
     """(mean loss over all answer tokens of `examples`, its standard error over the examples); the examples are
@@ -46,7 +46,7 @@ def eval_loss_stats(loss_module: torch.nn.Module, examples: list[dict], pad_id: 
     shard.sort(key=lambda e: len(e["input_ids"]))  # length-sorted batches: little padding, same token sum
     for start in range(0, len(shard), batch_size):
         batch = {k: v.to(device) for k, v in collate(shard[start:start + batch_size], pad_id).items()}
-        losses = loss_module(**batch, per_row=True).detach().double().cpu()
+        losses = loss_module(**batch, per_row=True).double().cpu()
         tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(1).double().cpu()
         counted = tokens > 0
         losses, tokens = losses[counted], tokens[counted]

@@ -115,3 +115,18 @@ def test_the_eval_loss_and_its_standard_error_come_from_each_rows_own_loss(setup
     found_mean, found_se = eval_loss_stats(loss, examples, tokenizer.pad_token_id, batch_size=5)
     assert found_mean == pytest.approx(mean, rel=1e-5) and found_se == pytest.approx(se, rel=1e-4)
     assert 0 < found_se < found_mean
+
+
+def test_evaluation_builds_no_autograd_graph(setup) -> None:
+    """A trial evaluates between optimizer steps: its forwards must not keep activations for a backward."""
+    from lora_tune.evaluate import eval_loss_stats
+
+    model, tokenizer, examples = setup
+    seen = []
+    hook = model.register_forward_hook(lambda *_: seen.append(torch.is_grad_enabled()))
+    try:
+        loss = SupervisedLoss(model, resolve("fp32", torch.device("cpu")))
+        eval_loss_stats(loss, examples, tokenizer.pad_token_id, batch_size=5)
+    finally:
+        hook.remove()
+    assert seen and not any(seen)
