@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import compose, sweep_once
-from benchmarks.trials import gpu_peak_flops, lora_flops_per_token, mfu, model_shape
+from benchmarks.trials import MODEL_NAMES, gpu_peak_flops, lora_flops_per_token, mfu, model_shape
 from lora_tune.sweep import shared_task_data
 
-MODEL = "embedded:smollm2-135m"
+MODEL = MODEL_NAMES["smollm2"]
 BITS = (4, 8, 16)
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "ray", "hydra-core", "wandb")
 

@@ -52,6 +52,7 @@ def training_args(cfg: SweepConfig, out: Path) -> Any:
 
     return TrainingArguments(
         output_dir=str(out / "hf-trainer"), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.train.batch_size,
+        gradient_accumulation_steps=cfg.train.grad_accum,
         per_device_eval_batch_size=max(1, cfg.data.eval_examples), eval_strategy="steps",
         eval_steps=cfg.train.eval_every, save_strategy="no", logging_strategy="no", report_to="none",
         learning_rate=cfg.train.lr, lr_scheduler_type=cfg.train.lr_scheduler,

@@ -17,6 +17,7 @@ A measurement, not a test: nothing here asserts.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import statistics
@@ -51,8 +52,9 @@ def lora_tune_losses(cfg: Any, data: Any) -> dict[int, float]:
 def hf_losses(cfg: Any, data: Any, out: Path) -> dict[int, float]:
     """step -> eval_loss of HF Trainer on the same model, data and optimisation, scored by lora_tune's eval_loss."""
     import torch
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers import Trainer, TrainerCallback
 
+    from benchmarks.hf_search import training_args
     from lora_tune import model as models
     from lora_tune import precision as precisions
     from lora_tune.data import collate
@@ -61,7 +63,7 @@ def hf_losses(cfg: Any, data: Any, out: Path) -> dict[int, float]:
     from lora_tune.train import with_adapter
 
     torch.set_num_threads(2)
-    precision = precisions.resolve(cfg.train.precision, torch.device("cpu"))
+    precision = precisions.resolve(cfg.train.precision, torch.device("cpu"))  # as training_args' bf16
     base = models.load_base(cfg.model.name_or_path, cfg.quant, precision, torch.device("cpu"))
     model = with_adapter(base, cfg, None)  # seeded as run_trial seeds it: the same initial adapter
     pad_id = models.load_tokenizer(cfg.model.name_or_path).pad_token_id
@@ -73,14 +75,8 @@ def hf_losses(cfg: Any, data: Any, out: Path) -> dict[int, float]:
             if state.global_step % cfg.train.eval_every == 0 or state.global_step == cfg.max_steps:
                 losses[state.global_step] = eval_loss(scorer, data.eval, pad_id, cfg.train.eval_batch_size)
 
-    args = TrainingArguments(
-        output_dir=str(out), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.train.batch_size,
-        gradient_accumulation_steps=cfg.train.grad_accum, learning_rate=cfg.train.lr,
-        lr_scheduler_type=cfg.train.lr_scheduler, warmup_steps=int(cfg.train.warmup_ratio * cfg.max_steps),
-        weight_decay=cfg.train.weight_decay, max_grad_norm=cfg.train.max_grad_norm, optim="adamw_torch",
-        seed=cfg.seed, use_cpu=True, bf16=precision.name == "bf16", save_strategy="no", eval_strategy="no",
-        logging_strategy="no", report_to="none", disable_tqdm=True, remove_unused_columns=False,
-        dataloader_num_workers=0)
+    # P4's arguments (the same optimisation as the sweep's trials) without its in-Trainer evaluation
+    args = dataclasses.replace(training_args(cfg, out), eval_strategy="no")
     Trainer(model=model, args=args, train_dataset=data.train, callbacks=[Score()],
             data_collator=functools.partial(collate, pad_id=pad_id)).train()
     return losses

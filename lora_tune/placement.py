@@ -22,11 +22,16 @@ def bundles_per_node(bundle: dict[str, float], node: dict[str, float]) -> int:
     return min(fits) if fits else 1 << 30
 
 
+def on_one_node(bundle: dict[str, float], workers: int) -> dict[str, float]:
+    """What one node needs to hold all of a trial's workers (strict_pack)."""
+    return {key: amount * workers for key, amount in bundle.items()}
+
+
 def requirement(res: Any) -> str:
     """What a cluster must have for one trial, in words (the plan prints it)."""
     bundle, workers = trial_bundle(res), res.workers_per_trial
     if workers > 1 and res.placement == "strict_pack":
-        return f"one node with {describe({key: amount * workers for key, amount in bundle.items()})}"
+        return f"one node with {describe(on_one_node(bundle, workers))}"
     if workers > 1:
         return f"{workers} x {describe(bundle)} on any nodes"
     return f"a node with {describe(bundle)}"
@@ -39,10 +44,9 @@ def unplaceable(res: Any, nodes: list[dict[str, float]]) -> str | None:
     if res.placement == "strict_pack" and workers > 1:
         if max(capacity, default=0) >= workers:
             return None
-        needed = {key: amount * workers for key, amount in bundle.items()}
         return (f"resources.placement=strict_pack puts a trial's {workers} workers on one node, which needs "
-                f"{describe(needed)}; the largest node has {describe(largest(nodes))} (resources.placement=pack "
-                "lets them use several nodes)")
+                f"{describe(on_one_node(bundle, workers))}; the largest node has {describe(largest(nodes))} "
+                "(resources.placement=pack lets them use several nodes)")
     if sum(capacity) >= workers:
         return None
     return (f"a trial needs {workers} x {describe(bundle)}, and the {len(nodes)} node(s) hold {sum(capacity)} such "

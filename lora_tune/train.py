@@ -183,8 +183,7 @@ def sharded_model(cfg: TrialConfig, workers: Workers, precision: precisions.Prec
                                 cfg.model.trust_remote_code)
         full_state = with_adapter(host, cfg, resume_from).state_dict()
     skeleton = models.empty_base(cfg.model.name_or_path, cfg.quant, precision, cfg.model.trust_remote_code)
-    seed_everything(cfg.seed)  # every worker's random state the same (LoRA dropout), as after with_adapter
-    model = models.attach_adapter(skeleton, cfg.peft, cfg.max_steps, cfg.model.gradient_checkpointing)
+    model = with_adapter(skeleton, cfg, None)  # seeded on every worker: the same random state (LoRA dropout)
     trainable = workers.wrap(SupervisedLoss(model, precision), model)
     distributed.load_from_rank0(model, full_state)
     return model, trainable
