@@ -5,23 +5,43 @@
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import socket
+from datetime import timedelta
 from pathlib import Path
 
 import torch.multiprocessing as mp
 
 
+def join(rank: int, port: int) -> None:
+    """Join the two-process gloo group; a crash (one CI run saw SIGABRT in rank 1 after its collectives) prints
+    every thread's Python stack, so the next one says where it happened."""
+    import torch.distributed as dist
+
+    faulthandler.enable(all_threads=True)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=120))  # a failed rank stops its peer in minutes, not 30
+
+
+def leave() -> None:
+    """Wait until both ranks are done with every collective, then tear the group down: no rank closes its gloo
+    connections while its peer may still be using them."""
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def shard_and_save(rank: int, port: int, out: str) -> None:
     import torch
-    import torch.distributed as dist
 
     from lora_tune import distributed
     from lora_tune import model as models
     from lora_tune.config import PeftConfig, QuantConfig
     from lora_tune.embedded import TINY
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    join(rank, port)
     try:
         torch.manual_seed(0)
         model = models.attach_adapter(models.load_base(TINY, QuantConfig(bits=16)), PeftConfig(r=4), 10)
@@ -35,7 +55,7 @@ def shard_and_save(rank: int, port: int, out: str) -> None:
                                              "on_cpu": all(v.device.type == "cpu" for v in state.values()),
                                              "sharded": sharded}))
     finally:
-        dist.destroy_process_group()
+        leave()
 
 
 def test_a_sharded_trial_gathers_only_its_adapter_to_save_it(tmp_path: Path) -> None:
@@ -54,14 +74,13 @@ def test_a_sharded_trial_gathers_only_its_adapter_to_save_it(tmp_path: Path) -> 
 
 def overflow_on_rank_1(rank: int, port: int, out: str) -> None:
     import torch
-    import torch.distributed as dist
 
     from lora_tune import distributed
     from lora_tune import model as models
     from lora_tune.config import PeftConfig, QuantConfig
     from lora_tune.embedded import TINY
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    join(rank, port)
     try:
         torch.manual_seed(0)
         model = models.attach_adapter(models.load_base(TINY, QuantConfig(bits=16)), PeftConfig(r=4), 10)
@@ -79,7 +98,7 @@ def overflow_on_rank_1(rank: int, port: int, out: str) -> None:
         moved = any(not torch.equal(b, p.detach().full_tensor()) for b, p in zip(before, trainable))
         Path(f"{out}.{rank}").write_text(json.dumps({"scale": scaler.get_scale(), "moved": moved}))
     finally:
-        dist.destroy_process_group()
+        leave()
 
 
 def test_an_overflow_on_one_rank_skips_the_step_on_every_rank(tmp_path: Path) -> None:
@@ -97,7 +116,6 @@ def test_an_overflow_on_one_rank_skips_the_step_on_every_rank(tmp_path: Path) ->
 
 def load_sharded(rank: int, port: int, out: str) -> None:
     import torch
-    import torch.distributed as dist
 
     from lora_tune import model as models
     from lora_tune import precision as precisions
@@ -105,7 +123,7 @@ def load_sharded(rank: int, port: int, out: str) -> None:
     from lora_tune.compose import compose_config
     from lora_tune.distributed import Workers
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    join(rank, port)
     try:
         cfg = compose_config(["experiment=tiny", "quant.bits=16", "train.precision=bf16"]).trial_config()
         precision = precisions.resolve("bf16", torch.device("cpu"))
@@ -128,7 +146,7 @@ def load_sharded(rank: int, port: int, out: str) -> None:
             found["logit_gap"] = float((whole(input_ids=ids).logits.float() - logits).abs().max())
         Path(f"{out}.{rank}").write_text(json.dumps(found))
     finally:
-        dist.destroy_process_group()
+        leave()
 
 
 def test_a_sharded_trial_loads_the_base_on_rank_0_only_and_gets_the_same_model(tmp_path: Path) -> None:
