@@ -6,9 +6,11 @@ tokenized train and eval rows, global batch (train.batch_size x train.grad_accum
 warm-up, weight decay, gradient clipping and precision. Both are scored by lora_tune's own eval_loss (token-weighted
 mean over the answer tokens) on the same eval rows at the same steps. What is left different is what each does by
 itself: the order of the batches (lora_tune groups by length, HF samples at random) and how each normalises a
-batch's loss. Writes OUT/results_parity.json and OUT/results_parity.md; every figure written by code.
+batch's loss. A third arm, lora_tune_random, is run_trial with data.group_by_length=false (a plain seeded random
+order, as HF's): it separates the effect of the batch order from that of the training loop. Writes
+OUT/results_parity.json and OUT/results_parity.md; every figure written by code.
 
-    python -m benchmarks.parity                      # SmolLM2-135M, the config, 3 seeds (~15 min on 2 cores)
+    python -m benchmarks.parity                      # SmolLM2-135M, the config, 3 seeds (~25 min on 2 cores)
     python -m benchmarks.parity --quick --out /tmp/p # the tiny model, 2 seeds, seconds (the slow test runs this)
 
 A measurement, not a test: nothing here asserts.
@@ -31,6 +33,7 @@ from benchmarks.common import load, timed
 FULL = ["peft.r=8", "peft.alpha=16", "peft.target_modules=all-linear", "quant.bits=16", "train.lr=2.58e-3",
         "max_steps=30", "train.eval_every=10", "data.eval_examples=200"]
 QUICK = ["experiment=tiny", "quant.bits=16", "max_steps=12", "train.eval_every=4", "data.max_train_examples=64"]
+ARMS = ("lora_tune", "lora_tune_random", "hf_trainer")  # lora_tune_random: run_trial, data.group_by_length=false
 
 
 def trial_config(overrides: list[str], seed: int) -> Any:
@@ -88,20 +91,26 @@ def one_seed(overrides: list[str], seed: int, out: Path) -> dict[str, Any]:
     from lora_tune.model import load_tokenizer
 
     cfg = trial_config(overrides, seed)
+    random_order = trial_config([*overrides, "data.group_by_length=false"], seed)
     tokenizer = with_chat_template(load_tokenizer(cfg.model.name_or_path), cfg.data)
     data = prepare_task_data(tokenizer, cfg.data, cfg.seed)
-    ours, ours_s = timed(lambda: lora_tune_losses(cfg, data))
-    hf, hf_s = timed(lambda: hf_losses(cfg, data, out / f"hf-{seed}"))
-    return {"seed": seed, "lora_tune": ours, "hf_trainer": hf, "lora_tune_s": round(ours_s, 1),
-            "hf_trainer_s": round(hf_s, 1)}
+    arms = {"lora_tune": lambda: lora_tune_losses(cfg, data),
+            "lora_tune_random": lambda: lora_tune_losses(random_order, data),
+            "hf_trainer": lambda: hf_losses(cfg, data, out / f"hf-{seed}")}
+    run: dict[str, Any] = {"seed": seed}
+    for arm in ARMS:
+        run[arm], seconds = timed(arms[arm])
+        run[f"{arm}_s"] = round(seconds, 1)
+    return run
 
 
 def compare(overrides: list[str], seeds: list[int], out: Path) -> dict[str, Any]:
     runs = [one_seed(overrides, seed, out) for seed in seeds]
-    finals = {arm: [run[arm][max(run[arm])] for run in runs] for arm in ("lora_tune", "hf_trainer")}
+    finals = {arm: [run[arm][max(run[arm])] for run in runs] for arm in ARMS}
     summary = {arm: {"mean": statistics.mean(v), "stdev": statistics.stdev(v) if len(v) > 1 else None}
                for arm, v in finals.items()}
     ratio = summary["lora_tune"]["mean"] / summary["hf_trainer"]["mean"]
+    random_ratio = summary["lora_tune_random"]["mean"] / summary["hf_trainer"]["mean"]
     cfg = trial_config(overrides, seeds[0])
     return {"what": "final eval loss (lora_tune's eval_loss) of run_trial vs HF Trainer on the same model, data "
                     "and optimisation, per seed",
@@ -109,7 +118,8 @@ def compare(overrides: list[str], seeds: list[int], out: Path) -> dict[str, Any]
                          "max_steps": cfg.max_steps, "global_batch": cfg.train.batch_size * cfg.train.grad_accum,
                          "eval_rows": cfg.data.eval_examples, "precision": cfg.train.precision},
             "runs": runs, "final": finals, "summary": summary,
-            "ratio": {"lora_tune_over_hf_mean_final": round(ratio, 4)},
+            "ratio": {"lora_tune_over_hf_mean_final": round(ratio, 4),
+                      "lora_tune_random_over_hf_mean_final": round(random_ratio, 4)},
             "target": "lora_tune's mean final eval loss within 10 % of HF's (ratio <= 1.10)",
             "met": ratio <= 1.10, "load_avg": load()}
 
@@ -120,7 +130,7 @@ def markdown(result: dict[str, Any]) -> str:
              f"{s['global_batch']}, {s['eval_rows']} eval rows, precision {s['precision']})", "",
              "| seed | arm | eval loss by step | final | wall s |", "|---|---|---|---|---|"]
     for run in result["runs"]:
-        for arm in ("lora_tune", "hf_trainer"):
+        for arm in ARMS:
             by_step = ", ".join(f"{step}: {loss:.4f}" for step, loss in sorted(run[arm].items()))
             lines.append(f"| {run['seed']} | {arm} | {by_step} | {run[arm][max(run[arm])]:.4f} | "
                          f"{run[arm + '_s']} |")
@@ -128,8 +138,10 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", "| arm | mean final | stdev |", "|---|---|---|"]
     lines += [f"| {arm} | {v['mean']:.4f} | {'—' if v['stdev'] is None else round(v['stdev'], 4)} |"
               for arm, v in summary.items()]
-    lines += ["", f"lora_tune / HF mean final: {result['ratio']['lora_tune_over_hf_mean_final']:.3f} "
-                  f"(target {result['target']}: {'met' if result['met'] else 'NOT met'})"]
+    ratios = result["ratio"]
+    lines += ["", f"lora_tune / HF mean final: {ratios['lora_tune_over_hf_mean_final']:.3f} "
+                  f"(target {result['target']}: {'met' if result['met'] else 'NOT met'}); with HF's random batch "
+                  f"order (data.group_by_length=false): {ratios['lora_tune_random_over_hf_mean_final']:.3f}"]
     return "\n".join(lines) + "\n"
 
 

@@ -179,6 +179,7 @@ class DataConfig:
     test_size: float = 0.1  # carved from train when test_split is missing: a fraction or a row count
     max_seq_len: int = 80
     packing: bool = False
+    group_by_length: bool = True  # batches of similar lengths (less padding); false: a plain random order
     max_train_examples: int | None = None
     eval_examples: int = 32  # validation examples used for eval loss at each evaluation
     exact_match_examples: int = 16  # validation examples generated for the generation metrics

@@ -198,7 +198,8 @@ def step_batches(state: TrialState, cfg: TrialConfig, step: int) -> list[tuple[d
     batches = []
     for micro in range(cfg.train.grad_accum):
         indices = task_data.batch_indices((step - 1) * cfg.train.grad_accum + micro + 1, cfg.train.batch_size,
-                                          lengths, cfg.seed, group_by_length=not cfg.data.packing)
+                                          lengths, cfg.seed,
+                                          group_by_length=cfg.data.group_by_length and not cfg.data.packing)
         own = indices[workers.rank::workers.world]
         mine = [examples[i] for i in own] if own else [ignored(examples[indices[0]])]  # more workers than examples
         batch = task_data.pack(mine, cfg.data.max_seq_len, pad) if cfg.data.packing else task_data.collate(mine, pad)

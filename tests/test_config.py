@@ -159,10 +159,12 @@ def test_validation_reports_every_problem_at_once() -> None:
 
 def test_wrong_types_are_described_by_the_keys_own_check_all_at_once() -> None:
     with pytest.raises(ConfigError) as err:
-        compose_config(["peft.r=abc", "num_samples=many", "model.trust_remote_code=maybe"])
+        compose_config(["peft.r=abc", "num_samples=many", "model.trust_remote_code=maybe",
+                        "data.group_by_length=often"])
     assert err.value.problems == ["peft.r: got 'abc'; accepted: an integer > 0",
                                   "num_samples: got 'many'; accepted: an integer >= 1",
-                                  "model.trust_remote_code: got 'maybe'; accepted: true or false"]
+                                  "model.trust_remote_code: got 'maybe'; accepted: true or false",
+                                  "data.group_by_length: got 'often'; accepted: true or false"]
 
 
 def test_search_space_must_set_trial_keys() -> None:

@@ -21,10 +21,11 @@ def test_the_quick_parity_comparison_trains_both_arms_alike(tmp_path: Path) -> N
     result = json.loads((tmp_path / "results_parity.json").read_text())
     assert [run["seed"] for run in result["runs"]] == [0, 1]
     for run in result["runs"]:
-        ours, hf = run["lora_tune"], run["hf_trainer"]
-        assert list(ours) == list(hf) == ["4", "8", "12"]  # scored at the same steps
-        for losses in (ours, hf):  # both arms learn
+        ours, plain, hf = run["lora_tune"], run["lora_tune_random"], run["hf_trainer"]
+        assert list(ours) == list(plain) == list(hf) == ["4", "8", "12"]  # scored at the same steps
+        for losses in (ours, plain, hf):  # every arm learns
             assert losses["12"] < losses["4"]
+        assert plain != ours  # the batch order differs, so the losses do
     ratio = result["ratio"]["lora_tune_over_hf_mean_final"]
     assert ratio <= 1.10 and result["met"]  # no worse than HF on average
     assert "| 0 | hf_trainer |" in (tmp_path / "results_parity.md").read_text()

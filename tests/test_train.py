@@ -322,6 +322,29 @@ def test_an_optimizer_step_sees_batch_size_examples_in_each_of_grad_accum_micro_
     assert rows == [3, 3]
 
 
+def test_data_group_by_length_false_takes_batches_in_a_plain_seeded_random_order() -> None:
+    """data.group_by_length=false (HF Trainer's default order): each batch is the next slice of the epoch's seeded
+    permutation; the default groups them by length instead."""
+    from lora_tune.data import batch_indices
+    from lora_tune.distributed import Workers
+    from lora_tune.train import build_state, step_batches
+
+    cfg = tiny_trial(batch_size=4)
+    state = build_state(cfg, Workers(), reuse_base=False)
+    lengths = [len(e["input_ids"]) for e in state.data.train]
+
+    def trial_widths(config: TrialConfig) -> list[int]:
+        return [batch["input_ids"].shape[1] for step in (1, 2, 3) for batch, _ in step_batches(state, config, step)]
+
+    def widths(group: bool) -> list[int]:  # the padded width of each batch: its longest example
+        return [max(lengths[i] for i in batch_indices(step, 4, lengths, cfg.seed, group_by_length=group))
+                for step in (1, 2, 3)]
+
+    plain = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, group_by_length=False))
+    assert trial_widths(plain) == widths(False) and trial_widths(cfg) == widths(True)
+    assert widths(False) != widths(True)
+
+
 def test_loraplus_trains_lora_b_at_its_ratio_of_the_learning_rate_and_a_pbt_restore_follows_the_new_one() -> None:
     from lora_tune.distributed import Workers
     from lora_tune.train import apply_hyperparameters, build_state, train_step
