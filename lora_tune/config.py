@@ -250,6 +250,8 @@ class EvalConfig:
     answer_regex: str | None = None  # the `regex` metric: extract group 1 (or the match) from both sides
     generate: str = "auto"  # when to generate for the metrics: auto, every, final, never
     baseline: bool = True  # also train the default LoRA (r=8, alpha=16, qv, 16-bit, same max_steps)
+    confirm_top_k: int = 2  # retrain the top-k finished configs with other seeds, pick by the mean; 0: off
+    confirm_seeds: int = 2  # the other seeds each confirmed config is trained with
 
     def validate(self, p: _Problems) -> None:
         metrics = self.metrics
@@ -271,6 +273,9 @@ class EvalConfig:
                 p.add("answer_regex", f"got {self.answer_regex!r} ({exc}); accepted: a Python regular expression")
         _one_of(p, "generate", self.generate, GENERATE_WHEN)
         p.check(isinstance(self.baseline, bool), "baseline", f"got {self.baseline!r}; accepted: true, false")
+        for key in ("confirm_top_k", "confirm_seeds"):
+            value = getattr(self, key)
+            p.check(_is_int(value) and value >= 0, key, f"got {value!r}; accepted: an integer >= 0")
 
 
 @dataclass

@@ -7,6 +7,7 @@ sweep's metric; its adapter is the checkpoint of the very report at which that m
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import tempfile
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_tune import __version__
+from lora_tune import confirm as confirms
 from lora_tune.config import SweepConfig, to_dict
 from lora_tune.redaction import redact
 from lora_tune.results import finite, sort_rows, trial_row, write_results
@@ -133,25 +135,42 @@ def add_baseline(rows: list[dict[str, Any]], references: dict[str, Any] | None, 
 
 
 def finish(cfg: SweepConfig, grid: Any, store: Store, local_dir: Path, tracker: Any, failures: dict[str, int],
-           score_on_test: Any, references: dict[str, Any] | None = None,
-           timings: Any = None) -> dict[str, Any] | None:
+           start_scoring: Any, references: dict[str, Any] | None = None, timings: Any = None,
+           confirm: Any = None) -> dict[str, Any] | None:
     """Results table (the baseline's row included), winner adapter, test-split scores and summary.json;
-    `score_on_test(trial_cfg, adapter location)` scores the winner where the sweep's resources are;
+    `start_scoring(trial_cfg, adapter location)` starts the winner's test scoring where the sweep's resources are
+    (a Task); `confirm(points)` runs the confirmation trials (confirm.py) meanwhile and returns their Results;
     `timings()` says where the sweep's time went (summary.json's `timings`)."""
     rows, results = result_rows(cfg, grid, failures)
     rows = add_baseline(rows, references, cfg, tracker)
     write_results(store, rows)
     local_best = Path(store.path("best")) if store.is_local else local_dir / "best"
-    winner = export_winner(ranked_candidates(rows, cfg), results, cfg, store, local_best)
+    ranked = ranked_candidates(rows, cfg)
+    winner = export_winner(ranked, results, cfg, store, local_best)
     if winner is None:
         print("lora_tune: no trial produced a finite metric and an adapter; see results.csv", file=sys.stderr)
         tracker.log_sweep(rows, None, redact(to_dict(cfg)))
         return None
-    result = results[winner["trial_id"]]
-    trial_cfg = cfg.trial_config(overrides_from_params(result.config, cfg.search_space))
-    test = {**winner_scores(score_on_test, trial_cfg, f"{store.uri}/best/{ADAPTER_DIR}"),
-            **reference_scores(references)}
+    adapter = f"{store.uri}/best/{ADAPTER_DIR}"
+    scoring = start_scoring(winner_config(cfg, results, winner), adapter)  # beside the confirmation
+    confirmation = None
+    top = confirms.candidates(ranked, cfg) if confirm is not None else []
+    if top:
+        rows, confirmation = confirmed_rows(cfg, rows, top, results, confirm)
+        write_results(store, rows)
+        order = confirms.reranked(ranked, rows, cfg)
+        if order[0]["trial_id"] != winner["trial_id"]:
+            drain(scoring)  # its process reads best/adapter, which the confirmed winner's export replaces
+            searched, winner = winner, export_winner(order, results, cfg, store, local_best) or winner
+            print(f"lora_tune: confirmation over seeds {confirmation['seeds']}: {winner['trial_id']} wins by the "
+                  f"mean {cfg.metric} (the search's best: {searched['trial_id']})", file=sys.stderr, flush=True)
+            scoring = start_scoring(winner_config(cfg, results, winner), adapter)
+        winner = next(row for row in rows if row["trial_id"] == winner["trial_id"])
+    trial_cfg = winner_config(cfg, results, winner)
+    test = {**winner_scores(scoring, cfg), **reference_scores(references)}
     summary = summarise(cfg, winner, trial_cfg, test, store, tracker)
+    if confirmation is not None:
+        summary["confirmation"] = confirmation
     if timings is not None:
         summary["timings"] = timings()
     store.write_json("best/summary.json", summary)
@@ -161,22 +180,65 @@ def finish(cfg: SweepConfig, grid: Any, store: Store, local_dir: Path, tracker: 
     return summary
 
 
-def winner_scores(score_on_test: Any, trial_cfg: Any, adapter: str) -> dict[str, Any]:
-    """The winner's test scores; a scoring that never got resources to start is an error in summary.json's
-    `test` (one line on stderr), and the sweep's results, adapter and summary are written all the same."""
+def winner_config(cfg: SweepConfig, results: dict[str, Any], winner: dict[str, Any]) -> Any:
+    return cfg.trial_config(overrides_from_params(results[winner["trial_id"]].config, cfg.search_space))
+
+
+def confirmed_rows(cfg: SweepConfig, rows: list[dict[str, Any]], top: list[dict[str, Any]], results: dict[str, Any],
+                   confirm: Any) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The rows with the confirmation's columns, and summary.json's `confirmation`; a confirmation that fails is
+    a warning (the search's ranking stands)."""
+    params = {row["trial_id"]: results[row["trial_id"]].config for row in top}
+    try:
+        grid = confirm(confirms.points(top, params, cfg))
+    except Exception as exc:  # noqa: BLE001 - the search's own winner stands without the confirmation
+        reason = (str(exc).strip().splitlines() or [""])[-1][:300]
+        print(f"lora_tune: warning: the confirmation of the top {len(top)} configs failed ({reason})",
+              file=sys.stderr)
+        return rows, None
+    found = confirms.values_by_candidate([confirm_row(result, cfg) for result in grid], cfg)
+    rows = confirms.with_confirmation(rows, top, found, cfg)
+    return rows, confirms.summary(rows, top[0], cfg)
+
+
+def confirm_row(result: Any, cfg: SweepConfig) -> dict[str, Any]:
+    """A confirmation trial's status, best value by the metric, seed and the search trial it repeats."""
+    row = trial_row(result, cfg.metric, cfg.mode, cfg.max_steps, [cfg.metric], {}, encode_value)
+    config = result.config or {}
+    return {**row, "seed": config.get("seed"), confirms.CANDIDATE: config.get(confirms.CANDIDATE)}
+
+
+def drain(scoring: Any) -> None:
+    """Wait for a scoring whose result is no longer wanted to end (whatever it ends with)."""
+    with contextlib.suppress(Exception):  # its result is discarded, whatever ended it
+        scoring.result(None)  # no start deadline: it waits for the confirmation's resources at most
+
+
+def winner_scores(scoring: Any, cfg: SweepConfig) -> dict[str, Any]:
+    """The winner's test scores (the started scoring task's value); a scoring that never got resources to start
+    is an error in summary.json's `test` (one line on stderr), and the sweep's results, adapter and summary are
+    written all the same."""
     from lora_tune.tuner import TaskStuck
 
     try:
-        return score_on_test(trial_cfg, adapter)
+        return scoring.result(cfg.ray.pending_timeout_s)
     except TaskStuck as exc:
         print(f"lora_tune: error: {exc}", file=sys.stderr, flush=True)
         return {"error": str(exc)}
 
 
 def spread(summary: dict[str, Any]) -> str:
-    """'±SE' after the winner's eval_loss: differences between trials smaller than it are noise of the eval rows."""
+    """'±SE' after the winner's eval_loss (differences between trials smaller than it are noise of the eval rows),
+    and with a confirmation the winner's mean and spread over its seeds."""
     se = summary.get("eval_metrics", {}).get("eval_loss_se")
-    return f"±{se:.4f}" if summary["metric"] == "eval_loss" and isinstance(se, float) else ""
+    out = f"±{se:.4f}" if summary["metric"] == "eval_loss" and isinstance(se, float) else ""
+    confirmed = [c for c in (summary.get("confirmation") or {}).get("configs", [])
+                 if c["trial_id"] == summary["trial_id"]]
+    for config in confirmed:
+        std = config["confirm_std"]
+        out += (f" (seeds {config['confirm_seeds'].replace(' ', ',')}: mean {config['confirm_mean']:.4f}"
+                + (f"±{std:.4f}" if isinstance(std, float) else "") + ")")
+    return out
 
 
 def summary_line(summary: dict[str, Any] | None, location: str) -> str:

@@ -118,6 +118,23 @@ def test_section(summary: dict[str, Any] | None) -> list[str]:
             markdown_table(rows, ["model", *names])]
 
 
+def confirmation_section(summary: dict[str, Any] | None) -> list[str]:
+    """The confirmed configs (eval.confirm_top_k): each seed's value, their mean and spread; the winner is the best
+    mean."""
+    confirmation = (summary or {}).get("confirmation")
+    if not confirmation:
+        return []
+    metric = confirmation["metric"]
+    rows = [{"trial": config["trial_id"], "seeds": config["confirm_seeds"], metric: config["confirm_values"],
+             "mean": config["confirm_mean"], "std": config["confirm_std"]} for config in confirmation["configs"]]
+    verdict = (f"it replaced the search's best trial `{confirmation['search_best']}`"
+               if confirmation["changed_winner"] else "the search's best trial kept its place")
+    return ["## Confirmation over seeds", "",
+            f"The top {confirmation['top_k']} configs trained again with seeds {confirmation['seeds'][1:]} (the "
+            f"search used {confirmation['seeds'][0]}); the winner has the best mean {metric}: {verdict}.", "",
+            markdown_table(rows, ["trial", "seeds", metric, "mean", "std"]), ""]
+
+
 def report_markdown(rows: list[dict[str, Any]], summary: dict[str, Any] | None, settings: dict[str, Any],
                     plots: list[str]) -> str:
     """report.md: winner, test-split comparison, the sorted table and the plots."""
@@ -127,7 +144,7 @@ def report_markdown(rows: list[dict[str, Any]], summary: dict[str, Any] | None, 
         lines += [f"Winner: trial `{summary['trial_id']}`, {metric} = {_cell(summary.get('value'))} at step "
                   f"{summary.get('step')}, base `{summary.get('base_model')}` at {summary.get('bits')} bits; "
                   "adapter `best/adapter/`.", ""]
-    lines += ["## Evaluation", "", *test_section(summary), "",
+    lines += ["## Evaluation", "", *test_section(summary), "", *confirmation_section(summary),
               f"## Trials, best {metric} first (the baseline trial is marked role=baseline)", "",
               markdown_table(sort_rows(rows, metric, settings["mode"]),
                              [c for c in columns(rows) if c not in ("error", "node_id")]), "", "## Plots", ""]

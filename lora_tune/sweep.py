@@ -59,13 +59,30 @@ def with_detected_format(cfg: SweepConfig, data: Any) -> SweepConfig:
 
 
 def score_on_test(cfg: SweepConfig) -> Any:
-    """The winner's test scoring, as a Ray task on all of the sweep's CPUs (a GPU on a cluster)."""
+    """Starts the winner's test scoring, as a Ray task on all of the sweep's CPUs (a GPU on a cluster)."""
     from lora_tune.evaluate import score_on_test as score
     from lora_tune.tuner import start_task
 
-    def run(trial_cfg: SweepConfig, adapter: str) -> dict[str, Any]:
-        task = start_task(cfg, "the winner's test scoring", score, trial_cfg, adapter, all_cpus=True)
-        return task.result(cfg.ray.pending_timeout_s)
+    def start(trial_cfg: SweepConfig, adapter: str) -> Any:
+        return start_task(cfg, "the winner's test scoring", score, trial_cfg, adapter, all_cpus=True)
+
+    return start
+
+
+def confirmation(cfg: SweepConfig, location: str, data: Any, tracker: Any) -> Any:
+    """Runs the confirmation trials (confirm.py) as the sweep's confirm/ Tune experiment; returns their Results."""
+    from lora_tune import tuner
+    from lora_tune.confirm import confirmation_config
+
+    confirm_cfg = confirmation_config(cfg)
+
+    def run(points: list[dict[str, Any]]) -> Any:
+        print(f"lora_tune: confirming the top {cfg.eval.confirm_top_k} configs with seeds "
+              f"{[p['seed'] for p in points[:cfg.eval.confirm_seeds]]} ({len(points)} trials)", flush=True)
+        callbacks = [tuner.TrackerCallback(tracker, confirm_cfg, role="confirm")]
+        if cfg.resources.workers_per_trial > 1:
+            callbacks.append(tuner.TrainGroupReaper())
+        return tuner.confirm_tuner(confirm_cfg, points, location, data, callbacks).fit()
 
     return run
 
@@ -148,7 +165,8 @@ def run_sweep(cfg: SweepConfig, notes: list[str] | None = None) -> dict[str, Any
         grid = build(cfg, location, data, callbacks).fit()
         phases.mark("trials_s")
         summary = finish(cfg, grid, store, local_dir, tracker, failures.failures, score_on_test(cfg),
-                         reference_results(cfg, reference), phases.after_trials)
+                         reference_results(cfg, reference), phases.after_trials,
+                         confirmation(cfg, location, data, tracker))
     finally:
         tracker.close()
         tuner.shutdown_ray()

@@ -239,8 +239,10 @@ class TrialTracker:
         test = summary.get("test", {})
         scores = {f"test_{key}": value for key, value in test.items()
                   if key.startswith(("base_", "winner_", "default_lora_")) and isinstance(value, (int, float))}
+        confirmed = {f"winner_{key}": value for row in rows if row.get("trial_id") == summary["trial_id"]
+                     for key, value in row.items() if key in ("confirm_seeds", "confirm_mean", "confirm_std")}
         return {**counts, "winner": summary["trial_id"], "metric": summary["metric"],
-                f"best_{summary['metric']}": summary["value"], "artifact": self.artifact, **scores}
+                f"best_{summary['metric']}": summary["value"], "artifact": self.artifact, **scores, **confirmed}
 
     def _model_artifact(self, summary: dict[str, Any], best_dir: Path) -> Any:
         import wandb

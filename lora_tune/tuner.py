@@ -185,6 +185,35 @@ def build_tuner(cfg: SweepConfig, location: str, data: Any, callbacks: list) -> 
     )
 
 
+def confirm_tuner(cfg: SweepConfig, points: list[dict[str, Any]], location: str, data: Any,
+                  callbacks: list) -> Any:
+    """The confirmation run (confirm.py): exactly `points` (the top configs, each with other seeds) as trials to
+    the end, the search's trainable, resources and retries, stored as the sweep's confirm/ experiment (a resumed
+    sweep continues it). `cfg` is confirm.confirmation_config(...): the seed is a search-space entry, FIFO."""
+    from ray.tune.search import BasicVariantGenerator
+
+    from lora_tune.confirm import CANDIDATE
+
+    if cfg.resume and tune.Tuner.can_restore(f"{location.rstrip('/')}/confirm"):  # interrupted while confirming
+        tuner = tune.Tuner.restore(f"{location.rstrip('/')}/confirm", trainable=tune_trainable(cfg, data),
+                                   resume_unfinished=True, resume_errored=cfg.retry_errored)
+        tuner._local_tuner.get_run_config().callbacks = callbacks  # as restore_tuner: this run's tracker
+        return tuner
+    space = {**param_space(cfg.search_space), CANDIDATE: tune.choice(sorted({p[CANDIDATE] for p in points}))}
+    limit = concurrent_trials(cfg)
+    return tune.Tuner(
+        tune_trainable(cfg, data), param_space=space,
+        tune_config=tune.TuneConfig(
+            metric=cfg.metric, mode=cfg.mode, num_samples=len(points), scheduler=build_scheduler(cfg),
+            search_alg=BasicVariantGenerator(points_to_evaluate=points, max_concurrent=limit or 0),
+            reuse_actors=reuses_actors(cfg)),
+        run_config=tune.RunConfig(
+            name="confirm", storage_path=location, callbacks=callbacks, verbose=cfg.verbose,
+            failure_config=tune.FailureConfig(max_failures=cfg.ray.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+    )
+
+
 def reuses_actors(cfg: SweepConfig) -> bool:
     """One-worker trials run one after another in one process (it keeps the loaded base), unless a trial may use
     paged AdamW: bitsandbytes never frees its paged buffers, so each trial would leak its optimizer state. Ray Train
@@ -337,13 +366,14 @@ class TrainGroupReaper(tune.Callback):
 class TrackerCallback(tune.Callback):
     """Forwards trial start / result / end to a TrialTracker (W&B runs in the driver process)."""
 
-    def __init__(self, tracker: Any, cfg: SweepConfig):
+    def __init__(self, tracker: Any, cfg: SweepConfig, role: str = "trial"):
         self.tracker = tracker
         self.cfg = cfg
+        self.role = role  # "confirm" for the confirmation run's trials (their W&B runs' job type)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         params = overrides_from_params(trial.config, self.cfg.search_space)
-        self.tracker.trial_started(trial.trial_id, self.cfg.trial_config(params).to_dict())
+        self.tracker.trial_started(trial.trial_id, self.cfg.trial_config(params).to_dict(), role=self.role)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self.tracker.trial_result(trial.trial_id, result)

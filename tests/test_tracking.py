@@ -107,12 +107,13 @@ def clean_env(home: Path, **extra: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def offline_sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """4 trials one at a time (lr 3e-2 learns, 1e-6 does not: ASHA stops the latter), W&B offline, key planted."""
+    """4 trials one at a time (lr 3e-2 learns, 1e-6 does not: ASHA stops the latter), W&B offline, key planted;
+    the two that finish are confirmed with one other seed."""
     out = tmp_path_factory.mktemp("registry")
     env = clean_env(out / "wandb-home", WANDB_API_KEY=FAKE_KEY)
     proc = run_cli(["-m", "lora_tune.sweep", "experiment=tiny", f"output_dir={out / 'runs'}", f"sweep_name={SWEEP}",
                     "wandb.mode=offline", "num_samples=2", "search_alg.max_concurrent=1", "data.max_train_examples=16",
-                    "verbose=0", "~search_space", SPACE], env)
+                    "eval.confirm_top_k=2", "eval.confirm_seeds=1", "verbose=0", "~search_space", SPACE], env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep_dir = out / "runs" / SWEEP
     with open(sweep_dir / "results.csv", newline="") as handle:
@@ -177,6 +178,42 @@ def test_sweep_run_has_the_trials_table_and_the_winner(offline_sweep) -> None:
     for trial_id, cell in cells.items():
         row = rows[trial_id]
         assert cell["status"] == row["status"] and str(cell["stopped_early"]) == row["stopped_early"]
+
+
+def test_the_finished_configs_are_confirmed_with_another_seed_and_the_best_mean_wins(offline_sweep) -> None:
+    """eval.confirm_top_k=2, eval.confirm_seeds=1: the two finished configs are trained again with seed 1 to the
+    end (a confirm/ Tune trial with the same params, a W&B run of job type confirm); each row gets the seeds,
+    values, mean and spread; the winner is the best mean."""
+    import statistics
+
+    from lora_tune.results import parse_result_lines
+
+    sweep_dir, rows, summary = offline_sweep["dir"], offline_sweep["rows"], offline_sweep["summary"]
+    finished = {t for t, r in rows.items() if r["stopped_early"] == "False"}
+    confirmed = {t: r for t, r in rows.items() if r["confirm_mean"]}
+    assert len(finished) == 2 and set(confirmed) == finished
+    retrained = {}
+    for folder in (sweep_dir / "confirm").glob("lora_trial_*"):
+        params = json.loads((folder / "params.json").read_text())
+        retrained[params["confirms"]] = (params, parse_result_lines((folder / "result.json").read_text()))
+    assert set(retrained) == finished
+    for trial_id, row in confirmed.items():
+        params, history = retrained[trial_id]
+        assert params["seed"] == 1 and float(params["train.lr"]) == float(row["lr"])
+        assert str(params["quant.bits"]) == row["bits"] and history[-1]["step"] == 12  # to the end, no ASHA
+        values = [float(v) for v in row["confirm_values"].split()]
+        assert row["confirm_seeds"] == "0 1" and values[0] == pytest.approx(float(row["eval_loss"]), rel=1e-5)
+        assert values[1] == pytest.approx(min(h["eval_loss"] for h in history), rel=1e-5)
+        assert float(row["confirm_mean"]) == pytest.approx(statistics.mean(values), rel=1e-5)
+        assert float(row["confirm_std"]) == pytest.approx(statistics.stdev(values), rel=1e-4)
+    best_mean = min(confirmed, key=lambda t: float(confirmed[t]["confirm_mean"]))
+    assert summary["trial_id"] == best_mean
+    assert [c["trial_id"] for c in summary["confirmation"]["configs"]] == sorted(
+        confirmed, key=lambda t: float(confirmed[t]["confirm_mean"]))
+    runs = by_job(offline_sweep["runs"], "confirm")
+    assert len(runs) == 2 and all(run["config"]["seed"] == 1 for run in runs)
+    (sweep_run,) = by_job(offline_sweep["runs"], "sweep")
+    assert sweep_run["summary"]["winner_confirm_mean"] == pytest.approx(float(confirmed[best_mean]["confirm_mean"]))
 
 
 def _md5_b64(path: Path) -> str:
@@ -276,7 +313,7 @@ def sweep_copy(offline_sweep, tmp_path: Path) -> Path:
 def test_sync_uploads_then_links_once(sweep_copy: Path) -> None:
     api, calls = RecordingWandbApi(sweep_copy), []
     first = sync(Store.at(str(sweep_copy)), api=api, run_sync=pretend_wandb_sync(calls))
-    assert len(calls) == 1 and len(calls[0]) == 5  # 4 trial runs + the sweep run
+    assert len(calls) == 1 and len(calls[0]) == 7  # 4 trial runs, 2 confirmation runs, the sweep run
     assert api.links == [(f"test-entity/lora_tune/tiny-reg:{SWEEP}", "wandb-registry-model/lora-adapters", [SWEEP])]
     assert len(first["linked"]) == 1 and first["waiting"] == first["failed"] == []
     (link,) = json.loads((sweep_copy / "pending_links.json").read_text())["links"]
