@@ -6,9 +6,11 @@ tokenized train and eval rows, global batch (train.batch_size x train.grad_accum
 warm-up, weight decay, gradient clipping and precision. Both are scored by lora_tune's own eval_loss (token-weighted
 mean over the answer tokens) on the same eval rows at the same steps. What is left different is what each does by
 itself: the order of the batches (lora_tune groups by length, HF samples at random) and how each normalises a
-batch's loss. A third arm, lora_tune_random, is run_trial with data.group_by_length=false (a plain seeded random
-order, as HF's): it separates the effect of the batch order from that of the training loop. Writes
-OUT/results_parity.json and OUT/results_parity.md; every figure written by code.
+batch's loss. Two more arms separate the batch order from the training loop: lora_tune_random is run_trial with
+data.group_by_length=false (a plain seeded random order, as HF's), and hf_same_order is HF Trainer fed run_trial's
+own batches, in its order (a sampler of data.batch_indices): what is left between lora_tune and hf_same_order is
+the loop itself (and the dropout draws). Writes OUT/results_parity.json and OUT/results_parity.md; every figure
+written by code.
 
     python -m benchmarks.parity                      # SmolLM2-135M, the issue's config, 3 seeds (~25 min on 2 cores)
     python -m benchmarks.parity --quick --out /tmp/p # the tiny model, 2 seeds, seconds (the slow test runs this)
@@ -33,7 +35,7 @@ from benchmarks.common import load, timed
 FULL = ["peft.r=8", "peft.alpha=16", "peft.target_modules=all-linear", "quant.bits=16", "train.lr=2.58e-3",
         "max_steps=30", "train.eval_every=10", "data.eval_examples=200"]
 QUICK = ["experiment=tiny", "quant.bits=16", "max_steps=12", "train.eval_every=4", "data.max_train_examples=64"]
-ARMS = ("lora_tune", "lora_tune_random", "hf_trainer")  # lora_tune_random: run_trial, data.group_by_length=false
+ARMS = ("lora_tune", "lora_tune_random", "hf_trainer", "hf_same_order")
 
 
 def trial_config(overrides: list[str], seed: int) -> Any:
@@ -52,8 +54,20 @@ def lora_tune_losses(cfg: Any, data: Any) -> dict[int, float]:
     return losses
 
 
-def hf_losses(cfg: Any, data: Any, out: Path) -> dict[int, float]:
-    """step -> eval_loss of HF Trainer on the same model, data and optimisation, scored by lora_tune's eval_loss."""
+def run_trial_order(cfg: Any, data: Any) -> list[int]:
+    """The train examples in the order run_trial takes them, every micro-batch of every step (data.batch_indices):
+    HF's dataloader cuts this list into the same batches."""
+    from lora_tune.data import batch_indices
+
+    lengths = [len(e["input_ids"]) for e in data.train]
+    grouped = cfg.data.group_by_length and not cfg.data.packing
+    return [i for micro in range(1, cfg.max_steps * cfg.train.grad_accum + 1)
+            for i in batch_indices(micro, cfg.train.batch_size, lengths, cfg.seed, group_by_length=grouped)]
+
+
+def hf_losses(cfg: Any, data: Any, out: Path, order: list[int] | None = None) -> dict[int, float]:
+    """step -> eval_loss of HF Trainer on the same model, data and optimisation, scored by lora_tune's eval_loss;
+    `order`: the examples in this order (else HF's own random sampler)."""
     import torch
     from transformers import Trainer, TrainerCallback
 
@@ -80,7 +94,11 @@ def hf_losses(cfg: Any, data: Any, out: Path) -> dict[int, float]:
 
     # P4's arguments (the same optimisation as the sweep's trials) without its in-Trainer evaluation
     args = dataclasses.replace(training_args(cfg, out), eval_strategy="no")
-    Trainer(model=model, args=args, train_dataset=data.train, callbacks=[Score()],
+    class InOrder(Trainer):
+        def _get_train_sampler(self, *args: Any, **kwargs: Any) -> Any:
+            return order if order is not None else super()._get_train_sampler(*args, **kwargs)
+
+    InOrder(model=model, args=args, train_dataset=data.train, callbacks=[Score()],
             data_collator=functools.partial(collate, pad_id=pad_id)).train()
     return losses
 
@@ -96,7 +114,8 @@ def one_seed(overrides: list[str], seed: int, out: Path) -> dict[str, Any]:
     data = prepare_task_data(tokenizer, cfg.data, cfg.seed)
     arms = {"lora_tune": lambda: lora_tune_losses(cfg, data),
             "lora_tune_random": lambda: lora_tune_losses(random_order, data),
-            "hf_trainer": lambda: hf_losses(cfg, data, out / f"hf-{seed}")}
+            "hf_trainer": lambda: hf_losses(cfg, data, out / f"hf-{seed}"),
+            "hf_same_order": lambda: hf_losses(cfg, data, out / f"hf-ordered-{seed}", run_trial_order(cfg, data))}
     run: dict[str, Any] = {"seed": seed}
     for arm in ARMS:
         run[arm], seconds = timed(arms[arm])
@@ -111,6 +130,8 @@ def compare(overrides: list[str], seeds: list[int], out: Path) -> dict[str, Any]
                for arm, v in finals.items()}
     ratio = summary["lora_tune"]["mean"] / summary["hf_trainer"]["mean"]
     random_ratio = summary["lora_tune_random"]["mean"] / summary["hf_trainer"]["mean"]
+    same_order_ratio = summary["lora_tune"]["mean"] / summary["hf_same_order"]["mean"]
+    gaps = [abs(run["lora_tune"][step] - run["hf_same_order"][step]) for run in runs for step in run["lora_tune"]]
     cfg = trial_config(overrides, seeds[0])
     return {"what": "final eval loss (lora_tune's eval_loss) of run_trial vs HF Trainer on the same model, data "
                     "and optimisation, per seed",
@@ -119,7 +140,9 @@ def compare(overrides: list[str], seeds: list[int], out: Path) -> dict[str, Any]
                          "eval_rows": cfg.data.eval_examples, "precision": cfg.train.precision},
             "runs": runs, "final": finals, "summary": summary,
             "ratio": {"lora_tune_over_hf_mean_final": round(ratio, 4),
-                      "lora_tune_random_over_hf_mean_final": round(random_ratio, 4)},
+                      "lora_tune_random_over_hf_mean_final": round(random_ratio, 4),
+                      "lora_tune_over_hf_same_order_mean_final": round(same_order_ratio, 4)},
+            "same_order_max_gap": max(gaps),
             "target": "lora_tune's mean final eval loss within 10 % of HF's (ratio <= 1.10)",
             "met": ratio <= 1.10, "load_avg": load()}
 
@@ -141,7 +164,9 @@ def markdown(result: dict[str, Any]) -> str:
     ratios = result["ratio"]
     lines += ["", f"lora_tune / HF mean final: {ratios['lora_tune_over_hf_mean_final']:.3f} "
                   f"(target {result['target']}: {'met' if result['met'] else 'NOT met'}); with HF's random batch "
-                  f"order (data.group_by_length=false): {ratios['lora_tune_random_over_hf_mean_final']:.3f}"]
+                  f"order (data.group_by_length=false): {ratios['lora_tune_random_over_hf_mean_final']:.3f}; against "
+                  f"HF fed run_trial's batches: {ratios['lora_tune_over_hf_same_order_mean_final']:.3f} (largest "
+                  f"gap at any evaluation: {result['same_order_max_gap']:.4f})"]
     return "\n".join(lines) + "\n"
 
 
@@ -150,10 +175,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the tiny model, 2 seeds (seconds)")
     parser.add_argument("--seeds", type=int, nargs="+")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
+    parser.add_argument("overrides", nargs="*", help="more config overrides for every arm, e.g. peft.dropout=0")
     args = parser.parse_args()
     seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
     with tempfile.TemporaryDirectory() as tmp:
-        result = compare(QUICK if args.quick else FULL, seeds, Path(tmp))
+        result = compare([*(QUICK if args.quick else FULL), *args.overrides], seeds, Path(tmp))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results_parity.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / "results_parity.md").write_text(markdown(result))
