@@ -108,3 +108,22 @@ def test_bad_sweep_dir_is_a_one_line_error(target: str) -> None:
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith("lora_tune: error: ") and "accepted: a finished sweep such as" in done.stderr
+
+
+def test_report_md_shows_the_confirmation_over_seeds_and_whether_the_winner_changed() -> None:
+    from lora_tune.post_sweep import summary_line
+    from lora_tune.report import confirmation_section
+
+    confirmation = {"top_k": 2, "seeds": [0, 1], "metric": "eval_loss", "search_best": "a", "changed_winner": True,
+                    "configs": [{"trial_id": "b", "confirm_seeds": "0 1", "confirm_values": "0.12 0.11",
+                                 "confirm_mean": 0.115, "confirm_std": 0.00707},
+                                {"trial_id": "a", "confirm_seeds": "0 1", "confirm_values": "0.1 0.2",
+                                 "confirm_mean": 0.15, "confirm_std": 0.0707}]}
+    text = "\n".join(confirmation_section({"confirmation": confirmation}))
+    assert "seeds [1] (the search used 0)" in text and "replaced the search's best trial `a`" in text
+    assert "| b | 0 1 | 0.12 0.11 | 0.115 |" in text and text.index("| b |") < text.index("| a |")
+    assert confirmation_section({"trial_id": "a"}) == []  # no confirmation, no section
+    summary = {"trial_id": "b", "metric": "eval_loss", "value": 0.12, "adapter": "x", "confirmation": confirmation,
+               "eval_metrics": {"eval_loss_se": 0.01}, "test": {"headline": "exact_match", "winner_exact_match": 0.5}}
+    line = summary_line(summary, "x")
+    assert "eval_loss=0.1200±0.0100 (seeds 0,1: mean 0.1150±0.0071) test exact match 0.500" in line
