@@ -92,13 +92,20 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_token
 
 def generation_scores(model: Any, tokenizer: Any, items: list[Generation], names: list[str], cfg: Any,
                       precision: Any = None, workers: Workers | None = None) -> dict[str, float]:
-    """{eval_<metric>: value} of greedy answers to `items`, the rows shared out among the workers."""
+    """{eval_<metric>: value} of greedy answers to `items` (and eval_<metric>_se, its standard error over them,
+    for the built-in metrics), the rows shared out among the workers."""
     workers = workers or Workers()
     indices, real = workers.shard(len(items))
     answers = generate(model, tokenizer, [items[i].prompt_ids for i in indices], cfg.data.max_new_tokens,
                        precision, cfg.train.eval_batch_size, synced=workers.strategy == "fsdp" and workers.distributed)
     pairs = workers.gather([(answer, items[i].reference) for answer, i in zip(answers[:real], indices[:real])])
-    return scoring.score(names, [a for a, _ in pairs], [r for _, r in pairs], cfg.eval.answer_regex)
+    return scored(names, [a for a, _ in pairs], [r for _, r in pairs], cfg.eval.answer_regex)
+
+
+def scored(names: list[str], answers: list[str], references: list[str], answer_regex: str | None) -> dict[str, float]:
+    """{eval_<metric>: value, eval_<metric>_se: its standard error over the rows (built-in metrics)}."""
+    return (scoring.score(names, answers, references, answer_regex)
+            | scoring.standard_errors(names, answers, references, answer_regex))
 
 
 def answer_messages(model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]],
@@ -117,7 +124,7 @@ def score_model(model: Any, tokenizer: Any, cfg: Any, examples: list[dict], item
     if names and prefill.shares_prompts(examples, items):
         loss, answers = prefill.loss_and_answers(model, tokenizer, examples, items, cfg.data.max_new_tokens,
                                                  precision, cfg.train.eval_batch_size)
-        scores = scoring.score(names, answers, [item.reference for item in items], cfg.eval.answer_regex)
+        scores = scored(names, answers, [item.reference for item in items], cfg.eval.answer_regex)
     else:
         loss = eval_loss(SupervisedLoss(model, precision), examples, tokenizer.pad_token_id,
                          cfg.train.eval_batch_size)

@@ -9,13 +9,17 @@
                              which must be equal; e.g. GSM8K's `#### (\\S+)`
     module:function          your own scorer: function(predictions, references) -> float in [0, 1]
 
-Each is reported as eval_<name> (a user scorer as eval_<function>) at evaluations and on the test split.
+Each is reported as eval_<name> (a user scorer as eval_<function>) at evaluations and on the test split; a
+built-in one also as eval_<name>_se, its standard error over the rows (how far another draw of as many rows could
+move it: differences between trials below it are noise of the rows scored).
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 import re
+import statistics
 import string
 from collections import Counter
 from collections.abc import Callable
@@ -135,4 +139,19 @@ def score(names: list[str], predictions: list[str], references: list[str],
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= float(value) <= 1:
             raise ValueError(f"eval.metrics: {name} returned {value!r}; accepted: a number in [0, 1]")
         out[metric_name(name)] = float(value)
+    return out
+
+
+def standard_errors(names: list[str], predictions: list[str], references: list[str],
+                    answer_regex: str | None = None) -> dict[str, float]:
+    """{eval_<name>_se: standard error of the mean over rows} of each built-in metric (each is a mean of per-row
+    values: their standard deviation over sqrt(rows)); a scorer of yours need not be a mean over rows, so it gets
+    none, nor does a single row."""
+    out = {}
+    for name in names:
+        if name not in METRICS or len(predictions) < 2:
+            continue
+        score_row = scorer(name, answer_regex)
+        values = [score_row([p], [r]) for p, r in zip(predictions, references)]
+        out[f"{metric_name(name)}_se"] = statistics.stdev(values) / math.sqrt(len(values))
     return out

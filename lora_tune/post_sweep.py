@@ -29,6 +29,7 @@ def result_rows(cfg: SweepConfig, grid: Any, failures: dict[str, int]) -> tuple[
     """(rows, trial_id -> Ray Result) for every trial of the sweep."""
     metric_columns = [name for name in cfg.metric_names() if name != "train_loss" or cfg.metric == "train_loss"]
     metric_columns.append("eval_loss_se")  # how far another draw of the eval rows could move eval_loss
+    metric_columns += [f"{name}_se" for name in cfg.metric_names() if name not in ("eval_loss", "train_loss")]
     rows, results = [], {}
     for result in grid:
         row = trial_row(result, cfg.metric, cfg.mode, cfg.max_steps, metric_columns, column_names(cfg.search_space),
@@ -250,9 +251,11 @@ def summary_line(summary: dict[str, Any] | None, location: str) -> str:
         return (f"lora_tune: winner {summary['trial_id']} {summary['metric']}={summary['value']:.4f}, not scored on "
                 f"the test split (see the error above); adapter {summary['adapter']}")
     name = test.get("headline", "exact_match")
+    se = test.get(f"winner_{name}_se")
     others = [f"{label} {test[key]:.3f}" for label, key in (("base", f"base_{name}"),
                                                             ("default LoRA", f"default_lora_{name}"))
               if isinstance(test.get(key), (int, float))]
     compared = f" ({', '.join(others)})" if others else ""
     return (f"lora_tune: winner {summary['trial_id']} {summary['metric']}={summary['value']:.4f}{spread(summary)} "
-            f"test {name.replace('_', ' ')} {test[f'winner_{name}']:.3f}{compared} adapter {summary['adapter']}")
+            f"test {name.replace('_', ' ')} {test[f'winner_{name}']:.3f}{f'±{se:.3f}' if se is not None else ''}"
+            f"{compared} adapter {summary['adapter']}")

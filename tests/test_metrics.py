@@ -45,6 +45,18 @@ def test_scores_are_means_over_rows_named_eval_metric() -> None:
                       "eval_token_f1": pytest.approx((1 + 2 / 3 + 0) / 3)}
 
 
+def test_built_in_metrics_report_their_standard_error_over_the_rows(user_module: str) -> None:
+    import statistics
+
+    errors = metrics.standard_errors(["exact_match", "token_f1", f"{user_module}:first_word"], ["a", "b c", "x"],
+                                     ["a", "b", "y"])
+    # exact match is a proportion p over n rows: its standard error is sqrt(p (1 - p) / (n - 1))
+    assert errors["eval_exact_match_se"] == pytest.approx(((1 / 3) * (2 / 3) / 2) ** 0.5)
+    assert errors["eval_token_f1_se"] == pytest.approx(statistics.stdev([1, 2 / 3, 0]) / 3 ** 0.5)
+    assert "eval_first_word_se" not in errors  # a scorer of yours need not be a mean over rows
+    assert metrics.standard_errors(["exact_match"], ["a"], ["a"]) == {}  # one row: no spread to measure
+
+
 @pytest.fixture
 def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     (tmp_path / "my_scorers.py").write_text(

@@ -80,6 +80,10 @@ def test_winner_is_the_best_trial_and_summary_records_it(finished_sweep) -> None
     from lora_tune.post_sweep import summary_line
 
     assert f"eval_loss={best['eval_loss']:.4f}±{se:.4f} test " in summary_line(on_disk, str(sweep_dir))
+    # the generation metric's standard error, at evaluations (the row's) and on the test split (a proportion's)
+    p, n = test["winner_exact_match"], test["examples"]
+    assert test["winner_exact_match_se"] == pytest.approx((p * (1 - p) / (n - 1)) ** 0.5)
+    assert "eval_exact_match_se" in best and "base_exact_match_se" in test
 
 
 def test_best_adapter_loads_with_peft_and_generates(finished_sweep) -> None:
