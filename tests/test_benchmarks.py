@@ -159,3 +159,48 @@ def test_the_p3_note_tells_idle_cores_from_slower_jobs_by_the_work_floor() -> No
     assert "ran the same jobs in 224 s, under that floor" in slower and "1.12x longer inside" in slower
     assert "the sweep's cores idled" in inside_actors_text({"work_core_s": work}, {"pool_s": 260.0})
     assert inside_actors_text({}, {"pool_s": 224.0}) == ""
+
+
+def test_the_space_comparison_runs_the_old_and_the_new_default_space_on_each_task(tmp_path: Path) -> None:
+    """SPACE (benchmarks/space.py): the before arm is the space before issue 34, the after arm today's default;
+    the gain is after - before with the two standard errors combined, and the table shows both winners."""
+    from benchmarks import space
+    from benchmarks.common import compose
+
+    for task in space.TASKS:
+        before, after = (compose([f"data={task}", *space.ARMS[arm]], tmp_path, arm).search_space
+                         for arm in ("before", "after"))
+        assert (before["lr"].low, before["lr"].high) == (3e-4, 3e-3) and "qv" in before["target_modules"].values
+        assert after["lr"].low > before["lr"].low and "qv" not in after["target_modules"].values
+        assert {k: v for k, v in before.items() if k not in ("lr", "target_modules")} == \
+               {k: v for k, v in after.items() if k not in ("lr", "target_modules")}  # nothing else differs
+
+    def run(arm: str, test: float, se: float) -> dict:
+        return {"task": "dates", "arm": arm, "metric": "exact_match", "winner": f"t_{arm}",
+                "hyperparameters": {"r": 8, "lr": 0.002}, "eval_loss": 0.05, "confirm_mean": 0.06, "test": test,
+                "test_se": se, "base": 0.05, "default_lora": 0.2, "wall_s": 600.0}
+
+    result = space.compare([run("before", 0.80, 0.03), run("after", 0.85, 0.04)], [])
+    assert result["gain"]["dates"]["difference"] == pytest.approx(0.05)
+    assert result["gain"]["dates"]["se"] == pytest.approx(0.05) and result["met"] is True
+    assert space.compare([run("before", 0.85, 0.03), run("after", 0.80, 0.04)], [])["met"] is False
+    table = space.markdown(result)
+    assert "| dates | after | r=8, lr=0.002 | 0.0500 (0.0600) | exact_match | 0.850 ± 0.040 | 0.050 | 0.200 |" in table
+    assert "after − before = 0.050 ± 0.050" in table
+
+
+def test_the_loraplus_probe_averages_each_point_over_seeds_and_says_whether_loraplus_wins() -> None:
+    from benchmarks import loraplus
+
+    def run(lr: float, ratio: float | None, seed: int, final: float) -> dict:
+        return {"lr": lr, "ratio": ratio, "seed": seed, "final": final}
+
+    runs = [run(1e-3, None, 0, 0.06), run(1e-3, None, 1, 0.08), run(1e-3, 16.0, 0, 0.20), run(1e-3, 16.0, 1, 0.10),
+            run(5e-4, 16.0, 0, 0.075)]
+    summary = loraplus.summarise(runs)
+    assert [(row["lr"], row["ratio"], row["seeds"]) for row in summary] == [(1e-3, None, 2), (5e-4, 16.0, 1),
+                                                                            (1e-3, 16.0, 2)]
+    assert summary[0]["mean"] == pytest.approx(0.07) and summary[1]["stdev"] is None
+    table = loraplus.markdown({"overrides": ["max_steps=30"], "summary": summary})
+    assert "| 0.001 | off | 0.0700 | 0.0141 | 2 |" in table and "| 0.0005 | 16 | 0.0750 | — | 1 |" in table
+    assert "ratio 16: 0.0750) does not beat the best single learning rate (lr 0.001: 0.0700)" in table

@@ -131,7 +131,7 @@ def test_default_is_quickstart_on_smollm2_with_asha() -> None:
     assert cfg.num_samples >= 8 and cfg.max_steps == 30
     keys = {dim.key for dim in cfg.search_space.values()}
     assert {"peft.r", "peft.alpha", "peft.target_modules", "quant.bits", "train.lr"} <= keys
-    assert cfg.search_space["target_modules"].values == ["qv", "attention", "all-linear"]
+    assert cfg.search_space["target_modules"].values == ["attention", "all-linear"]
     assert cfg.search_space["bits"].values == [4, 8, 16]
     assert cfg.search_space["lr"].type == "loguniform"
     assert cfg.sweep_name.startswith("quickstart-")
