@@ -23,6 +23,8 @@ from pathlib import Path
 import psutil
 import requests
 
+from tests.procs import run_bounded
+
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 # The session cluster's token (one module, so conftest.py and the tests that import it agree on it).
@@ -41,8 +43,8 @@ def laptop_env(token: str | None, home: Path, extra_env: dict[str, str] | None =
 def laptop(args: list[str], token: str | None, home: Path, timeout: float = 600,
            extra_env: dict[str, str] | None = None, module: str = "lora_tune.sweep") -> subprocess.CompletedProcess:
     """`python -m lora_tune.sweep ...` (or another module) as a laptop runs it."""
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=laptop_env(token, home, extra_env),
-                          capture_output=True, text=True, timeout=timeout)
+    return run_bounded([sys.executable, "-m", module, *args], cwd=REPO, env=laptop_env(token, home, extra_env),
+                       capture_output=True, text=True, timeout=timeout)
 
 
 _HANDED_OUT: set[int] = set()

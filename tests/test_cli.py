@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from lora_tune.sweep import cli
+from tests.procs import run_bounded
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["experiment=tiny", "wandb.mode=disabled"]
@@ -66,7 +67,7 @@ BAD_INPUTS = [
     (["ray.address=127.0.0.1:1"], "ray.storage_path", "ray.shared_fs=true"),
     (["output_dir={a_file}/runs"], "output_dir", "folder this user can create"),
     (["resume={tmp}"], "resume", "<output_dir>/<sweep_name>"),
-    (["peft.r=[1"], "overrides", ""),
+    (["peft.r=[1"], "overrides", "override_grammar"),  # Hydra's grammar says what is accepted
 ]
 
 
@@ -101,8 +102,8 @@ def test_every_problem_is_reported_at_once(tmp_path, capsys) -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lora_tune.sweep", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+    return run_bounded([sys.executable, "-m", "lora_tune.sweep", *args], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
 
 
 def test_the_real_command_exits_2_without_traceback(tmp_path) -> None:

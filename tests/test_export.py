@@ -7,7 +7,6 @@ by `run_trial` on the tiny model: on a 16-bit base, and on a 4-bit (QLoRA) base.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from lora_tune.config import QuantConfig
 from lora_tune.storage import Store
 from lora_tune.train import run_trial
 from tests.conftest import REPO
+from tests.procs import run_bounded
 
 PROMPT = "Convert this date to ISO format (YYYY-MM-DD): May 1, 2001"
 
@@ -136,8 +136,8 @@ def test_generate_answers_with_base_plus_adapter(sweep_dir: Path, capsys: pytest
 @pytest.mark.parametrize("module", ["lora_tune.export", "lora_tune.generate"])
 def test_bad_sweep_dir_is_a_one_line_error(module: str, tmp_path: Path) -> None:
     args = [str(tmp_path)] + (["hello"] if module.endswith("generate") else [])
-    done = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=REPO,
-                          timeout=120)
+    done = run_bounded([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=REPO,
+                       timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip() == (f"lora_tune: error: {tmp_path} is not a sweep; accepted: a finished sweep such as "
                                    "runs/<sweep_name> or s3://bucket/prefix/<sweep_name>")

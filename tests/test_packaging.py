@@ -13,6 +13,7 @@ import pytest
 import tomllib
 
 from tests.conftest import REPO
+from tests.procs import run_bounded
 
 
 def listed_packages() -> set[str]:
@@ -29,8 +30,8 @@ def test_every_config_group_and_task_folder_is_in_the_wheel() -> None:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("dist")
-    done = subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(REPO)],
-                          capture_output=True, text=True, timeout=600)
+    done = run_bounded([sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(REPO)],
+                       capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (built,) = out.glob("lora_tune-*.whl")
     return built, done.stdout + done.stderr
@@ -63,13 +64,13 @@ def test_an_installed_wheel_runs_a_sweep_from_any_directory(wheel: tuple[Path, s
     found = subprocess.run([str(python), "-c", "import lora_tune.shipped as s; print(s.CONF_DIR, s.DATA_DIR)"],
                            cwd=where, capture_output=True, text=True, env=env, check=True).stdout.split()
     assert found == [f"{site}/lora_tune/conf", f"{site}/lora_tune/task_data"]
-    done = subprocess.run([str(python), "-m", "lora_tune.sweep", "experiment=tiny", "num_samples=2", "max_steps=4",
-                           "wandb.mode=disabled", "sweep_name=installed", "verbose=0", "data.test_examples=4"],
-                          cwd=where, capture_output=True, text=True, env=env, timeout=900)
+    done = run_bounded([str(python), "-m", "lora_tune.sweep", "experiment=tiny", "num_samples=2", "max_steps=4",
+                        "wandb.mode=disabled", "sweep_name=installed", "verbose=0", "data.test_examples=4"],
+                       cwd=where, capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1].startswith("lora_tune: winner ")
     assert (where / "runs" / "installed" / "best" / "adapter" / "adapter_model.safetensors").is_file()
-    plan = subprocess.run([str(python), "-m", "lora_tune.plan", "model=llama3_8b", "resources=gpu",
-                           "resources.gpu_memory_gb=24"], cwd=where, capture_output=True, text=True, env=env,
-                          timeout=300)
+    plan = run_bounded([str(python), "-m", "lora_tune.plan", "model=llama3_8b", "resources=gpu",
+                        "resources.gpu_memory_gb=24"], cwd=where, capture_output=True, text=True, env=env,
+                       timeout=300)
     assert plan.returncode == 0 and "architecture from" in plan.stdout and "llama3_8b.json" in plan.stdout

@@ -4,11 +4,12 @@ both scored by lora_tune's eval_loss; the quick variant (tiny model, 2 seeds).""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.procs import run_bounded
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,8 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_the_quick_parity_comparison_trains_both_arms_alike(tmp_path: Path) -> None:
     """Without dropout (whose draws differ between the two loops), HF Trainer fed run_trial's batches ends at
     run_trial's losses: the loops compute the same updates; every arm learns."""
-    done = subprocess.run([sys.executable, "-m", "benchmarks.parity", "--quick", "--out", str(tmp_path),
-                           "peft.dropout=0"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    done = run_bounded([sys.executable, "-m", "benchmarks.parity", "--quick", "--out", str(tmp_path),
+                        "peft.dropout=0"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / "results_parity.json").read_text())
     assert [run["seed"] for run in result["runs"]] == [0, 1]

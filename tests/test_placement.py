@@ -3,12 +3,12 @@ never hold a trial stops at once with one line instead of waiting forever."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
 from lora_tune.compose import compose_config
 from lora_tune.placement import requirement, unplaceable
+from tests.procs import run_bounded
 
 REPO = Path(__file__).resolve().parents[1]
 ONE_GPU_NODES = [{"CPU": 8.0, "GPU": 1.0}] * 4
@@ -45,10 +45,10 @@ def test_a_gpu_trial_cannot_be_placed_where_there_is_no_gpu() -> None:
 def test_a_local_sweep_whose_ray_cannot_hold_a_trial_stops_with_one_line(tmp_path: Path) -> None:
     """Ray Tune does not see a Ray Train trial's workers (its TorchTrainer reserves them): without this check the
     trial waits for a 4-CPU node that this machine's Ray (2 CPUs) never gets."""
-    done = subprocess.run([sys.executable, "-m", "lora_tune.sweep", "experiment=tiny", "wandb.mode=disabled",
-                           f"output_dir={tmp_path / 'runs'}", "resources.num_cpus=2", "resources.cpus_per_trial=2",
-                           "resources.workers_per_trial=2", "resources.placement=strict_pack"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = run_bounded([sys.executable, "-m", "lora_tune.sweep", "experiment=tiny", "wandb.mode=disabled",
+                        f"output_dir={tmp_path / 'runs'}", "resources.num_cpus=2", "resources.cpus_per_trial=2",
+                        "resources.workers_per_trial=2", "resources.placement=strict_pack"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr + done.stdout
     assert done.stderr.strip().splitlines()[-1] == (

@@ -16,6 +16,7 @@ from lora_tune.plan import GB, make_plan, weight_bytes
 from lora_tune.space import decode_value
 from lora_tune.sweep import run_sweep
 from tests.conftest import REPO, with_space
+from tests.procs import run_bounded
 
 RECIPES = sorted((REPO / "sweeps").glob("*.sh"))
 
@@ -126,8 +127,8 @@ def test_dry_run_rejects_targets_the_model_lacks(tiny_cfg: SweepConfig) -> None:
 
 def run_recipe(recipe: Path, *overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHON": sys.executable, "RAY_ADDRESS": ""}
-    return subprocess.run(["bash", str(recipe), "dry_run=true", *overrides], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=300)
+    return run_bounded(["bash", str(recipe), "dry_run=true", *overrides], capture_output=True, text=True,
+                       env=env, cwd=REPO, timeout=300)
 
 
 def test_cluster_recipe_fits_24gb_gpus_by_dry_run() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 
 from lora_tune.report import main as report_main
 from tests.conftest import REPO, with_space
+from tests.procs import run_bounded
 
 PLOTS = ("curves.png", "metric_vs_hyperparameters.png", "memory_vs_metric.png")
 
@@ -103,8 +103,8 @@ def test_curves_come_from_ray_trial_dirs_and_mark_asha_stops(sweep_dir: Path) ->
 
 @pytest.mark.parametrize("target", ["/nonexistent/sweep", "tests"])
 def test_bad_sweep_dir_is_a_one_line_error(target: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "lora_tune.report", target], capture_output=True, text=True,
-                          cwd=REPO, timeout=120)
+    done = run_bounded([sys.executable, "-m", "lora_tune.report", target], capture_output=True, text=True,
+                       cwd=REPO, timeout=120)
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith("lora_tune: error: ") and "accepted: a finished sweep such as" in done.stderr

@@ -12,6 +12,7 @@ import yaml
 
 from lora_tune.sweep import run_sweep
 from tests.conftest import with_space
+from tests.procs import run_bounded
 
 
 @pytest.fixture(scope="module")
@@ -181,13 +182,12 @@ def test_a_scoring_that_cannot_start_is_one_error_line_and_the_results_stand(tmp
     """After the trials the driver waits for the winner's scoring at most ray.pending_timeout_s for it to start
     (here no time at all: a task cannot have started the instant it is submitted). The sweep says so in one line,
     writes its results, adapter, summary and report all the same, and exits 1."""
-    import subprocess
     import sys
 
     args = ["experiment=tiny", f"output_dir={tmp_path}", "sweep_name=stuck", "wandb.mode=disabled", "num_samples=1",
             "max_steps=4", "data.max_train_examples=16", "verbose=0", "ray.pending_timeout_s=1e-9"]
-    done = subprocess.run([sys.executable, "-m", "lora_tune.sweep", *args], capture_output=True, text=True,
-                          timeout=600)
+    done = run_bounded([sys.executable, "-m", "lora_tune.sweep", *args], capture_output=True, text=True,
+                       timeout=600)
     assert done.returncode == 1, done.stderr[-3000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("lora_tune: error:")]
     assert len(errors) == 1 and "the winner's test scoring did not start within ray.pending_timeout_s=1e-09 s: it " \

@@ -29,6 +29,7 @@ from lora_tune.config import WandbConfig
 from lora_tune.storage import Store
 from lora_tune.tracking import STEP_METRICS, TrialTracker, artifact_name, git_commit, sync
 from tests.conftest import REPO
+from tests.procs import run_bounded
 
 FAKE_KEY = "PLANTEDfake0key0lora0tune0test0a1b2c3d4e5f6"  # 40+ characters, as wandb requires of a key
 SWEEP = "reg"
@@ -92,8 +93,8 @@ def offline_runs(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 def run_cli(args: list[str], env: dict[str, str], timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return run_bounded([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def clean_env(home: Path, **extra: str) -> dict[str, str]:

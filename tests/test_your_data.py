@@ -4,7 +4,6 @@ than exact match, and a GPT-2-architecture base without a chat template swept by
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 
 from lora_tune.compose import compose_config
 from lora_tune.sweep import run_sweep
+from tests.procs import run_bounded
 
 pytestmark = pytest.mark.slow
 SMALL = ["experiment=tiny", "wandb.mode=disabled", "verbose=0", "num_samples=1", "max_steps=4", "train.eval_every=2",
@@ -32,9 +32,9 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 def test_a_single_jsonl_file_from_the_command_line(tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "mine.jsonl", [{"question": f"What is {i} plus {i}?", "reply": str(2 * i)}
                                                  for i in range(60)])
-    done = subprocess.run([sys.executable, "-m", "lora_tune.sweep", *SMALL, f"data.path={data}",
-                           "data.prompt_field=question", "data.answer_field=reply", "sweep_name=file"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    done = run_bounded([sys.executable, "-m", "lora_tune.sweep", *SMALL, f"data.path={data}",
+                        "data.prompt_field=question", "data.answer_field=reply", "sweep_name=file"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     notes = [line for line in done.stderr.splitlines() if line.startswith("lora_tune: ")]
     assert f"lora_tune: data.format=auto: {data} reads as prompt_answer" in notes
