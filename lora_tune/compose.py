@@ -130,6 +130,40 @@ def _rejected(exc: Exception, overrides: list[str], config_dirs: list[str]) -> _
     return None
 
 
+def option_file_problems(exc: Exception, config_dirs: list[str]) -> list[str]:
+    """Every bad key of the group option file Hydra stopped at ("In 'data/bad': ..."), one line each: Hydra stops at
+    the first, so each key of the file is merged into the group's schema on its own. Empty when the file is not a
+    plain group option (a `# @package` file, a polymorphic group) or none of its keys is at fault."""
+    from omegaconf import OmegaConf
+
+    found = re.search(r"In '([^'/]+)/([^']+)': \w+ raised while composing config", " ".join(str(exc).split()))
+    if not found or found.group(1) in POLYMORPHIC:
+        return []
+    group, option = found.groups()
+    folders = [*(Path(d).expanduser() for d in reversed(config_dirs)), CONF_DIR]  # the user's first, as Hydra
+    path = next((f / group / f"{option}.yaml" for f in folders if (f / group / f"{option}.yaml").is_file()), None)
+    if path is None or "@package" in path.read_text():
+        return []
+    values = OmegaConf.load(path)
+    schema = OmegaConf.structured(SweepConfig)[group]
+    return [problem for key in values if (problem := _key_problem(schema, group, str(key), values[key], path))]
+
+
+def _key_problem(schema: Any, group: str, key: str, value: Any, path: Path) -> str | None:
+    """One key of an option file merged alone into its group's schema: None, or the problem on one line."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+    where = f"{path.parent.name}/{path.name}"
+    try:
+        OmegaConf.merge(schema, {key: value})
+    except ConfigKeyError:
+        return f"{group}.{key}: unknown key in {where}; accepted: keys shown by --cfg job"
+    except OmegaConfBaseException as exc:
+        return f"{group}.{key}: got {value!r} in {where}; accepted: {_type_name(str(exc))}"
+    return None
+
+
 def _compose_all(overrides: list[str], config_dirs: list[str]) -> tuple[dict[str, Any], list[_Rejected]]:
     """Compose, setting aside each override Hydra rejects; raise ConfigError when nothing composes."""
     from hydra.errors import HydraException
@@ -144,7 +178,8 @@ def _compose_all(overrides: list[str], config_dirs: list[str]) -> tuple[dict[str
             found = _rejected(exc, remaining, config_dirs)
             if found is None or found.override not in remaining:
                 problems = [describe(r, None) for r in rejected]
-                raise ConfigError([*problems, found.problem if found else hydra_problem(exc)]) from None
+                own = [found.problem] if found else option_file_problems(exc, config_dirs) or [hydra_problem(exc)]
+                raise ConfigError([*problems, *own]) from None
             rejected.append(found)
             remaining.remove(found.override)
             continue

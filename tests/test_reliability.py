@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.procs import run_bounded
+
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
 pytestmark = pytest.mark.slow
@@ -78,6 +80,16 @@ def progress(sweep_dir: Path) -> dict[str, dict]:
     return rows
 
 
+def steps_reported(sweep_dir: Path, trial_id: str) -> list[int]:
+    """Every step a trial reported, in order, from its progress.csv (a trial run again would repeat steps)."""
+    for path in sweep_dir.glob("lora_trial_*/progress.csv"):
+        with open(path, newline="") as handle:
+            lines = list(csv.DictReader(handle))
+        if lines and lines[0]["trial_id"] == trial_id:
+            return [int(line["step"]) for line in lines]
+    return []
+
+
 def results(sweep_dir: Path) -> list[dict]:
     with open(sweep_dir / "results.csv", newline="") as handle:
         return list(csv.DictReader(handle))
@@ -131,9 +143,9 @@ def test_killed_driver_resumes_and_accounts_for_every_trial_once(tmp_path: Path)
     out = tmp_path / "runs"
     driver = subprocess.Popen(sweep_command(out, "num_samples=6", "max_steps=32"), cwd=REPO,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
+    deadline = time.monotonic() + 300
     try:
-        while time.time() < deadline and driver.poll() is None:
+        while time.monotonic() < deadline and driver.poll() is None:
             done = [r for r in progress(out / "chaos").values() if r["step"] == "32"]
             if len(done) >= 2:
                 break
@@ -142,13 +154,17 @@ def test_killed_driver_resumes_and_accounts_for_every_trial_once(tmp_path: Path)
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
         driver.wait()
     assert not (out / "chaos" / "results.csv").exists(), "the sweep finished before it could be killed"
-    resumed = subprocess.run([sys.executable, "-m", "lora_tune.sweep", f"resume={out / 'chaos'}"], cwd=REPO,
-                             capture_output=True, text=True, timeout=600)
+    done_before = {t for t, r in progress(out / "chaos").items() if r["step"] == "32"}
+    assert done_before, "no trial had finished before the kill: the resume below would prove nothing"
+    resumed = run_bounded([sys.executable, "-m", "lora_tune.sweep", f"resume={out / 'chaos'}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     rows = results(out / "chaos")
     ids = [r["trial_id"] for r in rows]
     assert len(ids) == 6 and len(set(ids)) == 6
     assert all(r["status"] == "TERMINATED" and r["steps"] == "32" for r in rows)
+    for trial_id in done_before:  # a trial that had finished is not run again: each step reported once
+        assert steps_reported(out / "chaos", trial_id) == list(range(4, 33, 4)), trial_id
     assert (out / "chaos" / "best" / "adapter" / "adapter_model.safetensors").exists()
     assert resumed.stdout.strip().splitlines()[-1].startswith("lora_tune: winner ")
 
