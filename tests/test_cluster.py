@@ -14,6 +14,7 @@ import secrets
 import shlex
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -377,5 +378,28 @@ def test_stop_command_ends_a_running_job(cluster: LocalCluster, tmp_path: Path) 
             break
         time.sleep(1)
     assert status == "RUNNING"
+    assert poll(lambda: trial_processes(cluster), 300), "the job's trial never started"
     stopped = laptop(["stop", job_id, "--address", cluster.dashboard], TOKEN, tmp_path, module="lora_tune.jobs")
     assert stopped.returncode == 0 and f"job {job_id} STOPPED" in stopped.stderr
+
+    def job_status() -> str:
+        return laptop(["status", job_id, "--address", cluster.dashboard], TOKEN, tmp_path,
+                      module="lora_tune.jobs").stdout.strip()
+
+    assert poll(lambda: job_status() == "STOPPED", 60), job_status()
+    assert poll(lambda: not trial_processes(cluster), 60), f"trial processes left running: {trial_processes(cluster)}"
+
+
+def trial_processes(cluster: LocalCluster) -> list[int]:
+    """The cluster's processes running a trial (a Tune trainable actor) or a sweep driver."""
+    return [pid for prefix in ("ray::ResourceTrainable", "ray::lora_trial") for pid in cluster.processes_titled(prefix)]
+
+
+def poll(condition: Callable[[], object], timeout_s: float) -> bool:
+    """True as soon as `condition()` is true, False if it is still false after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True

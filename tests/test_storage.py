@@ -24,6 +24,7 @@ import pytest
 
 from lora_tune.storage import MANIFEST, StorageError, Store
 from tests.conftest import REPO
+from tests.procs import run_bounded
 from tests.ray_cluster import CLUSTER_TOKEN, LocalCluster, laptop, laptop_env
 from tests.s3_server import S3Server
 
@@ -75,8 +76,8 @@ def test_a_folder_without_its_manifest_or_not_matching_it_is_refused(store: Stor
 
 
 def test_a_missing_bucket_is_a_one_line_error_before_anything_starts(s3: S3Server, tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "lora_tune.sweep", *TINY, "ray.storage_path=s3://no-such-bucket/x"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    done = run_bounded([sys.executable, "-m", "lora_tune.sweep", *TINY, "ray.storage_path=s3://no-such-bucket/x"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [
         "lora_tune: error: ray.storage_path: the bucket of s3://no-such-bucket/x/"
@@ -89,9 +90,9 @@ def _sweep_name(stderr: str) -> str:
 
 def test_a_cluster_with_a_local_storage_path_is_refused(tmp_path: Path) -> None:
     for address in ("http://127.0.0.1:8265", "127.0.0.1:6379", "auto"):
-        done = subprocess.run([sys.executable, "-m", "lora_tune.sweep", *TINY, f"ray.address={address}",
-                               f"output_dir={tmp_path / 'runs'}"], cwd=tmp_path, capture_output=True, text=True,
-                              timeout=300)
+        done = run_bounded([sys.executable, "-m", "lora_tune.sweep", *TINY, f"ray.address={address}",
+                            f"output_dir={tmp_path / 'runs'}"], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=300)
         assert done.returncode == 2 and "Traceback" not in done.stderr
         (line,) = done.stderr.strip().splitlines()
         assert line.startswith("lora_tune: error: ray.storage_path: ") and "s3://bucket/prefix" in line
@@ -177,7 +178,11 @@ def test_every_file_of_the_sweep_is_an_object_in_the_bucket(bucket_sweep: dict, 
     assert bucket_sweep["out"].strip().splitlines()[-1].endswith(f"adapter {bucket_sweep['uri']}/best/adapter")
     summary = store.read_json("best/summary.json")
     assert summary["sweep"] == bucket_sweep["uri"] and summary["adapter"].startswith("s3://")
-    for folder in [bucket_sweep["home"], *cluster.worker_homes, REPO / "runs"]:  # the laptop, the worker node
+    # the job's driver runs in its unpacked working_dir, under the head node's temp dir: a sweep writing to local
+    # disk would leave runs/in-bucket there
+    working_dirs = list(cluster.temp_dir.glob("**/runtime_resources/working_dir_files/*"))
+    assert working_dirs, "the job's working_dir was not found where the check below looks"
+    for folder in [bucket_sweep["home"], *cluster.worker_homes, REPO / "runs", *working_dirs]:  # laptop, worker node
         assert not [p for p in Path(folder).rglob("*") if "in-bucket" in str(p)], folder
 
 
@@ -247,9 +252,10 @@ def test_a_killed_driver_resumes_from_the_bucket(cluster: LocalCluster, s3: S3Se
     assert driver.returncode == -signal.SIGKILL, "the driver ended by itself"
     assert not store.is_file("results.csv"), "the sweep finished before it could be killed"
     done_before = recorded_finished(store)
-    resumed = subprocess.run([sys.executable, "-m", "lora_tune.sweep", f"resume={uri}",
-                              f"ray.address={cluster.address}"], cwd=tmp_path, env=env, capture_output=True,
-                             text=True, timeout=900)
+    assert done_before, "no trial had finished before the kill: the resume below would prove nothing"
+    resumed = run_bounded([sys.executable, "-m", "lora_tune.sweep", f"resume={uri}",
+                           f"ray.address={cluster.address}"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     rows = results_of(store)
     assert len(rows) == 4 and all(r["status"] == "TERMINATED" and r["steps"] == "40" for r in rows.values())
