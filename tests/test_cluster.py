@@ -31,7 +31,9 @@ CLUSTER_DIR = REPO / "cluster"
 TOKEN = CLUSTER_TOKEN
 PLANTED = {"WANDB_API_KEY": "plantedwandb" + secrets.token_hex(14), "HF_TOKEN": "hf_planted" + secrets.token_hex(12)}
 # the nodes of this cluster share this machine's disk: a shared mount, truly
-TINY = ["experiment=tiny", "data.max_train_examples=32", "data.test_examples=4", "scheduler=fifo", "ray.shared_fs=true"]
+# wandb.mode pinned: with the planted key, `auto` would go online (no W&B server here) and nothing would check it
+TINY = ["experiment=tiny", "data.max_train_examples=32", "data.test_examples=4", "scheduler=fifo", "ray.shared_fs=true",
+        "wandb.mode=offline"]
 
 
 # --- the submission path, without a cluster ---------------------------------------------------------------------
@@ -317,6 +319,8 @@ def test_sweep_runs_on_both_nodes_and_streams_its_logs(attached_sweep: tuple) ->
     assert len(rows) == 4 and all(r["status"] == "TERMINATED" for r in rows)
     assert len({r["node_id"] for r in rows}) == 2, "trials did not run on both nodes"
     assert (sweep_dir / "best" / "adapter" / "adapter_model.safetensors").is_file()
+    # each trial's W&B run, recorded offline on whichever node ran it, ends up in the sweep's folder; and the sweep's
+    assert len(list(sweep_dir.glob("wandb/offline-run-*/*.wandb"))) == len(rows) + 1
 
 
 @pytest.mark.slow
