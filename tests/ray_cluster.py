@@ -122,12 +122,7 @@ class LocalCluster:
 
     def alive_nodes(self) -> int:
         """Nodes the dashboard reports alive (0 while it is not up yet)."""
-        try:
-            reply = requests.get(f"{self.dashboard}/nodes?view=summary", headers=self.headers(), timeout=5)
-            summary = reply.json()["data"]["summary"]
-        except (requests.RequestException, ValueError, KeyError):
-            return 0
-        return sum(1 for node in summary if node.get("raylet", {}).get("state") == "ALIVE")
+        return alive_nodes(self.dashboard, self.headers())
 
     def wait_for(self, nodes: int, timeout_s: float = 180.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -168,6 +163,16 @@ class LocalCluster:
         self.procs.clear()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
         shutil.rmtree(self.logs, ignore_errors=True)
+
+
+def alive_nodes(dashboard: str, headers: dict[str, str]) -> int:
+    """Nodes (raylets) the dashboard at `dashboard` reports alive; 0 while it is not up yet."""
+    try:
+        reply = requests.get(f"{dashboard}/nodes?view=summary", headers=headers, timeout=5)
+        summary = reply.json()["data"]["summary"]
+    except (requests.RequestException, ValueError, KeyError, TypeError):
+        return 0
+    return sum(1 for node in summary if node.get("raylet", {}).get("state") == "ALIVE")
 
 
 def descendants_titled(pid: int, prefix: str) -> list[int]:

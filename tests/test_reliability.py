@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.procs import run_bounded
+from tests.ray_cluster import alive_nodes
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -30,8 +31,8 @@ def free_port() -> int:
 
 
 def wait_for_port(port: int, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
                 return
@@ -54,7 +55,11 @@ def ray_head(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     try:
         wait_for_port(port)
         wait_for_port(dashboard)
-        time.sleep(2)  # the raylet registers shortly after the GCS answers
+        headers = {"Authorization": f"Bearer {os.environ['RAY_AUTH_TOKEN']}"}
+        deadline = time.monotonic() + 60  # the raylet registers shortly after the GCS answers
+        while alive_nodes(f"http://127.0.0.1:{dashboard}", headers) < 1:
+            assert time.monotonic() < deadline and head.poll() is None, "the Ray head's raylet never came up"
+            time.sleep(0.5)
         yield f"127.0.0.1:{port}"
     finally:
         os.killpg(head.pid, signal.SIGKILL)
@@ -115,9 +120,9 @@ def test_killed_trials_resume_from_their_checkpoints(ray_head: str, tmp_path: Pa
     sweep = subprocess.Popen(sweep_command(out, "num_samples=8", "max_steps=96", f"ray.address={address}"),
                              cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     killed: dict[str, int] = {}
-    deadline = time.time() + 300
+    deadline = time.monotonic() + 300
     try:
-        while len(killed) < 3 and time.time() < deadline and sweep.poll() is None:
+        while len(killed) < 3 and time.monotonic() < deadline and sweep.poll() is None:
             for trial_id, row in progress(out / "chaos").items():
                 step, pid = int(row["step"]), int(row["pid"])
                 if trial_id not in killed and 8 <= step < 80 and running_trial_pid(pid) and len(killed) < 3:
@@ -192,8 +197,8 @@ def test_losing_a_worker_node_mid_sweep_reschedules_its_trials(tmp_path: Path) -
         sweep = subprocess.Popen(
             sweep_command(out, "num_samples=4", "max_steps=160", f"ray.address=127.0.0.1:{cluster.gcs_port}"),
             cwd=REPO, env=cluster.env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.time() + 300
-        while time.time() < deadline and sweep.poll() is None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and sweep.poll() is None:
             running = [r for r in progress(out / "chaos").values() if 8 <= int(r["step"]) < 120]
             if len({r["node_id"] for r in running}) == 2:  # a trial on each node has checkpointed
                 break
