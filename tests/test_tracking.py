@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import csv
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -266,6 +267,12 @@ def test_planted_api_key_is_written_nowhere(offline_sweep) -> None:
 # --- sync: offline runs up, then the pending links, once --------------------------------------------------
 
 
+def real_sdk_accepts(method: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Raise TypeError unless the real wandb SDK's `method` takes these arguments (the stand-ins below check every
+    call they get against the SDK they stand in for, so a call shape the SDK refuses fails here too)."""
+    return inspect.signature(method).bind(None, *args, **kwargs).arguments
+
+
 class RecordingWandbApi:
     """Stand-in for `wandb.Api()` (no W&B server here): serves the artifacts that the synced .wandb files
     hold and records every link call."""
@@ -276,7 +283,13 @@ class RecordingWandbApi:
         self.sweep_dir = sweep_dir
         self.links: list[tuple[str, str, list[str]]] = []
 
-    def artifact(self, name: str, type: str | None = None) -> Any:
+    def artifact(self, *args: Any, **kwargs: Any) -> Any:
+        from wandb.apis.public import Api
+
+        real_sdk_accepts(Api.artifact, *args, **kwargs)
+        return self._artifact(*args, **kwargs)
+
+    def _artifact(self, name: str, type: str | None = None) -> Any:
         entity, project, rest = name.split("/")
         artifact, alias = rest.split(":")
         uploaded = {(r["run"].project, a.name, alias_) for p in self.sweep_dir.glob("wandb/*/*.wandb")
@@ -287,8 +300,11 @@ class RecordingWandbApi:
         api = self
 
         class Artifact:
-            def link(self, target_path: str, aliases: list[str] | None = None) -> None:
-                api.links.append((name, target_path, list(aliases or [])))
+            def link(self, *args: Any, **kwargs: Any) -> None:
+                import wandb
+
+                given = real_sdk_accepts(wandb.Artifact.link, *args, **kwargs)
+                api.links.append((name, given["target_path"], list(given.get("aliases") or [])))
 
         return Artifact()
 
