@@ -6,7 +6,7 @@ seeds; the final eval loss of each, and per (lr, ratio) the mean over seeds. Thi
 belongs in the default search space. Writes OUT/results_loraplus.json and OUT/results_loraplus.md; every figure
 written by code.
 
-    python -m benchmarks.loraplus                        # 3 lrs x 3 ratios x 1 seed (~15 min on 2 cores)
+    python -m benchmarks.loraplus                        # 3 lrs x 3 ratios x 1 seed (~30 min on 2 cores)
     python -m benchmarks.loraplus --seeds 0 1            # more seeds
     python -m benchmarks.loraplus --quick --out /tmp/l   # the tiny model (seconds; a smoke test)
 
@@ -64,9 +64,9 @@ def markdown(result: dict[str, Any]) -> str:
              "| lr | loraplus_lr_ratio | mean final eval loss | stdev | seeds |", "|---|---|---|---|---|"]
     lines += [f"| {row['lr']:g} | {_ratio(row['ratio'])} | {row['mean']:.4f} | {_stdev(row['stdev'])} | "
               f"{row['seeds']} |" for row in result["summary"]]
-    best_off = next(row for row in result["summary"] if row["ratio"] is None)
+    best_off = next((row for row in result["summary"] if row["ratio"] is None), None)
     best_on = next((row for row in result["summary"] if row["ratio"] is not None), None)
-    if best_on is not None:
+    if best_on is not None and best_off is not None:
         verdict = "beats" if best_on["mean"] < best_off["mean"] else "does not beat"
         lines += ["", f"- the best LoRA+ point (lr {best_on['lr']:g}, ratio {best_on['ratio']:g}: "
                       f"{best_on['mean']:.4f}) {verdict} the best single learning rate (lr {best_off['lr']:g}: "
@@ -83,11 +83,17 @@ def main() -> None:
     args = parser.parse_args()
     overrides = QUICK if args.quick else FULL
     overrides = [o for o in overrides if not o.startswith("train.lr=")]
-    runs = [one_trial(overrides, lr, ratio, seed) for seed in args.seeds for lr in args.lrs for ratio in RATIOS]
-    result = {"overrides": overrides, "runs": runs, "summary": summarise(runs), "load_avg": load()}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results_loraplus.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "results_loraplus.md").write_text(markdown(result))
+    runs: list[dict[str, Any]] = []
+    for seed in args.seeds:
+        for lr in args.lrs:
+            for ratio in RATIOS:  # the files are rewritten after each trial: an interrupted run keeps what it measured
+                runs.append(one_trial(overrides, lr, ratio, seed))
+                result = {"overrides": overrides, "runs": runs, "summary": summarise(runs), "load_avg": load()}
+                (args.out / "results_loraplus.json").write_text(json.dumps(result, indent=1) + "\n")
+                (args.out / "results_loraplus.md").write_text(markdown(result))
+                print(f"benchmarks.loraplus: lr {lr:g} ratio {_ratio(ratio)} seed {seed}: final eval loss "
+                      f"{runs[-1]['final']:.4f}", flush=True)
     print(markdown(result))
 
 
