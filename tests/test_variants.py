@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from lora_tune.compose import compose_config
 from lora_tune.config import ConfigError, SweepConfig, to_dict
+from lora_tune.embedded import resolve_model_path
 from lora_tune.train import run_trial
 
 BASE = ["experiment=tiny", "search_space=target_modules", "data.max_train_examples=16",
@@ -32,13 +36,30 @@ def test_variant_trains(overrides: tuple[str, ...]) -> None:
     assert out[-1]["eval_loss"] < out[0]["eval_loss"]
 
 
+def linear_shapes() -> list[tuple[int, int]]:
+    """(in, out) of every linear layer of the tiny Llama under its blocks (all-linear: lm_head excluded), from its
+    config.json: q, k, v, o, gate, up, down per layer."""
+    config = json.loads((Path(resolve_model_path("embedded:tiny")) / "config.json").read_text())
+    d, ff, heads, kv = (config[k] for k in ("hidden_size", "intermediate_size", "num_attention_heads",
+                                            "num_key_value_heads"))
+    head_dim = config.get("head_dim") or d // heads
+    layer = [(d, heads * head_dim), (d, kv * head_dim), (d, kv * head_dim), (heads * head_dim, d), (d, ff), (d, ff),
+             (ff, d)]
+    return layer * config["num_hidden_layers"]
+
+
 def test_variants_change_what_trains() -> None:
-    """DoRA adds a magnitude vector per module; AdaLoRA starts at adalora_init_r with a singular-value vector."""
+    """LoRA trains r x (in + out) per module; DoRA adds a magnitude vector (out) per module; AdaLoRA starts at
+    adalora_init_r with a singular-value vector (init_r) per module."""
     short = ("max_steps=2", "train.eval_every=2")
-    lora = reports(*short)[0]["trainable_params"]
-    dora = reports(*short, "peft.use_dora=true")[0]["trainable_params"]
-    adalora = reports(*short, "peft.method=adalora")[0]["trainable_params"]
-    assert dora > lora and adalora > lora
+    cfg = compose_config([*BASE, *short]).trial_config()
+    shapes = linear_shapes()
+    lora = cfg.peft.r * sum(i + o for i, o in shapes)
+    assert reports(*short)[0]["trainable_params"] == lora
+    assert reports(*short, "peft.use_dora=true")[0]["trainable_params"] == lora + sum(o for _, o in shapes)
+    init_r = cfg.peft.adalora_init_r
+    adalora = init_r * sum(i + o for i, o in shapes) + init_r * len(shapes)
+    assert reports(*short, "peft.method=adalora")[0]["trainable_params"] == adalora
 
 
 DORA = {"key": "peft.use_dora", "type": "choice", "values": [True]}
@@ -72,7 +93,9 @@ def test_dora_on_8bit_is_allowed_for_gpu_trials() -> None:
     assert cfg.peft.use_dora and cfg.quant.bits == 8
 
 
-def test_shipped_variant_spaces_compose() -> None:
-    for name in ("variants", "adalora"):
-        cfg = compose_config(["experiment=tiny", f"search_space={name}"])
-        assert cfg.search_space
+def test_shipped_variant_spaces_search_the_variants() -> None:
+    variants = compose_config(["experiment=tiny", "search_space=variants"]).search_space
+    assert variants["use_dora"].values == variants["use_rslora"].values == [False, True]
+    adalora = compose_config(["experiment=tiny", "search_space=adalora"]).search_space
+    assert adalora["method"].values == ["lora", "adalora"]
+    assert max(adalora["r"].values) <= compose_config(["experiment=tiny"]).peft.adalora_init_r  # AdaLoRA's r fits
