@@ -78,6 +78,14 @@ def test_report_md_embeds_the_plots_and_the_evaluation(sweep_dir: Path) -> None:
     summary = json.loads((sweep_dir / "best" / "summary.json").read_text())
     assert "| default LoRA baseline (r=8, alpha=16, qv, 16-bit, same steps) |" in text
     assert f"winner ({summary['trial_id']})" in text and "| model | loss | exact_match |" in text
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("| model | loss |"))
+    names = [cell.strip() for cell in header.strip("|").split("|")][1:]
+    for role, label in (("base", "base model ("), ("winner", f"winner ({summary['trial_id']})")):
+        row = next(line for line in lines if line.startswith(f"| {label}"))
+        cells = [cell.strip() for cell in row.strip("|").split("|")][1:]
+        for name, cell in zip(names, cells, strict=True):  # each figure is summary.json's, to 4 significant digits
+            assert float(cell) == pytest.approx(summary["test"][f"{role}_{name}"], rel=1e-3, abs=1e-12), (role, name)
     assert text.count("| TERMINATED |") == 5
 
 
