@@ -103,11 +103,13 @@ def test_best_adapter_loads_with_peft_and_generates(finished_sweep) -> None:
     batch = tokenizer(["Convert this date to ISO format (YYYY-MM-DD): May 1, 2001"], return_tensors="pt")
     with torch.no_grad():
         out = tuned.generate(**batch, max_new_tokens=5, do_sample=False)
-        base_logits = base.get_base_model()(**batch).logits if hasattr(base, "get_base_model") else None
+        tuned_logits = tuned(**batch).logits
+        with tuned.disable_adapter():
+            base_logits = tuned(**batch).logits
     assert out.shape[1] == batch["input_ids"].shape[1] + 5
     lora_b = [p for n, p in tuned.named_parameters() if "lora_B" in n]
     assert any(p.abs().sum() > 0 for p in lora_b), "the exported adapter is untrained (lora_B all zero)"
-    del base_logits
+    assert not torch.allclose(tuned_logits, base_logits, atol=1e-4), "the adapter does not change the model's output"
 
 
 def test_one_offline_wandb_run_per_trial_plus_the_sweep_run(finished_sweep) -> None:
