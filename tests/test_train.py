@@ -368,3 +368,14 @@ def test_loraplus_trains_lora_b_at_its_ratio_of_the_learning_rate_and_a_pbt_rest
     assert peak_lrs(state) == {"lora_A": {2e-3}, "lora_B": {8e-3}}
     used = [lr for lr, group in zip(state.scheduler.base_lrs, state.optimizer.param_groups) if group["params"]]
     assert sorted(set(used)) == [2e-3, 8e-3]  # the schedule runs from the new peaks
+
+
+@pytest.mark.parametrize(("generate", "evaluations_with_metrics"), [("every", [8, 16, 24]), ("final", [24]),
+                                                                   ("never", [])])
+def test_eval_generate_says_at_which_evaluations_a_trial_generates(generate: str,
+                                                                   evaluations_with_metrics: list[int]) -> None:
+    cfg = tiny_trial()
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, generate=generate))
+    reports = collect(cfg)
+    assert [r["step"] for r in reports] == [8, 16, 24]
+    assert [r["step"] for r in reports if "eval_exact_match" in r] == evaluations_with_metrics
