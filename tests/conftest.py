@@ -4,6 +4,7 @@ and one two-node Ray cluster per session."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from lora_tune.compose import compose_config
 from lora_tune.config import Dimension, SweepConfig
+from lora_tune.storage import Store
 from tests.ray_cluster import CLUSTER_TOKEN, LocalCluster, start_cluster
 from tests.s3_server import S3Server, start_s3
 
@@ -62,3 +64,17 @@ def cluster(s3: S3Server) -> Iterator[LocalCluster]:
         yield started
     finally:
         started.stop()
+
+
+def recorded_finished(store: Store) -> set[str]:
+    """Trials the sweep's Tune experiment state (local or in a bucket) records as finished: what a resumed sweep
+    knows, and so the trials a resume must not run again (a trial may report its last step before the state that
+    says it finished is written)."""
+    states = sorted(n for n in store.files() if n.startswith("experiment_state-") and n.endswith(".json"))
+    if not states:
+        return set()
+    try:
+        trials = [json.loads(entry[0]) for entry in store.read_json(states[-1])["trial_data"]]
+    except (ValueError, KeyError):  # caught while it was being written
+        return set()
+    return {t["trial_id"] for t in trials if t.get("status") == "TERMINATED"}

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from lora_tune.storage import Store
+from tests.conftest import recorded_finished
 from tests.procs import run_bounded
 from tests.ray_cluster import alive_nodes
 
@@ -151,15 +153,14 @@ def test_killed_driver_resumes_and_accounts_for_every_trial_once(tmp_path: Path)
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline and driver.poll() is None:
-            done = [r for r in progress(out / "chaos").values() if r["step"] == "32"]
-            if len(done) >= 2:
+            if (out / "chaos").is_dir() and len(recorded_finished(Store.at(str(out / "chaos")))) >= 2:
                 break
             time.sleep(0.5)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
         driver.wait()
     assert not (out / "chaos" / "results.csv").exists(), "the sweep finished before it could be killed"
-    done_before = {t for t, r in progress(out / "chaos").items() if r["step"] == "32"}
+    done_before = recorded_finished(Store.at(str(out / "chaos")))  # what the resume knows to have finished
     assert done_before, "no trial had finished before the kill: the resume below would prove nothing"
     resumed = run_bounded([sys.executable, "-m", "lora_tune.sweep", f"resume={out / 'chaos'}"], cwd=REPO,
                           capture_output=True, text=True, timeout=600)

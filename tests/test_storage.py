@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from lora_tune.storage import MANIFEST, StorageError, Store
-from tests.conftest import REPO
+from tests.conftest import REPO, recorded_finished
 from tests.procs import run_bounded
 from tests.ray_cluster import CLUSTER_TOKEN, LocalCluster, laptop, laptop_env
 from tests.s3_server import S3Server
@@ -216,18 +216,6 @@ def test_report_export_and_fetch_read_the_bucket(bucket_sweep: dict, cluster: Lo
     assert (local / "results.csv").read_text() == bucket_sweep["store"].read_text("results.csv")
     assert (local / "best" / "adapter" / "adapter_model.safetensors").is_file()
     assert not [p for p in local.rglob("*") if "checkpoint_" in str(p) or p.name.startswith("lora_trial_")]
-
-
-def recorded_finished(store: Store) -> set[str]:
-    """Trials the experiment state in the bucket records as finished (what a resumed sweep knows)."""
-    states = sorted(n for n in store.files() if n.startswith("experiment_state-") and n.endswith(".json"))
-    if not states:
-        return set()
-    try:
-        trials = [json.loads(entry[0]) for entry in store.read_json(states[-1])["trial_data"]]
-    except (ValueError, KeyError):  # caught while it was being written
-        return set()
-    return {t["trial_id"] for t in trials if t.get("status") == "TERMINATED"}
 
 
 @pytest.mark.slow
