@@ -17,13 +17,14 @@ from tests.procs import run_bounded
 
 @pytest.fixture(scope="module")
 def finished_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, object]:
-    """4 trials, one at a time so ASHA's rung order is fixed: lr 3e-2 (learns) then 1e-6 (does not), twice."""
+    """4 trials, one at a time so ASHA's rung order is fixed: lr 3e-2 (learns) then 1e-6 (does not), twice. One
+    checkpoint kept by score (ray.num_to_keep=1) of the three a finished trial writes."""
     from lora_tune.compose import compose_config
 
     out = tmp_path_factory.mktemp("sweep")
     cfg = compose_config(["experiment=tiny", f"output_dir={out}", "sweep_name=asha", "wandb.mode=offline",
                           "num_samples=2", "search_alg.max_concurrent=1",
-                          "data.max_train_examples=16"])
+                          "data.max_train_examples=16", "ray.num_to_keep=1"])
     cfg = with_space(cfg, lr={"key": "train.lr", "type": "grid", "values": [3e-2, 1e-6]},
                      bits={"key": "quant.bits", "type": "choice", "values": [4, 16]})
     cfg = dataclasses.replace(cfg, verbose=0)
@@ -146,6 +147,23 @@ def test_the_exported_adapter_is_the_checkpoint_where_the_metric_was_measured(fi
     assert json.loads((at_step[0] / "metrics.json").read_text())["eval_loss"] == summary["value"]
     exported = (sweep_dir / "best" / "adapter" / "adapter_model.safetensors").read_bytes()
     assert exported == (at_step[0] / "adapter" / "adapter_model.safetensors").read_bytes()
+
+
+def test_a_finished_trial_keeps_its_best_checkpoint_and_its_latest_only(finished_sweep) -> None:
+    """ray.num_to_keep=1: of the checkpoints at steps 4, 8 and 12, Ray keeps the best by the sweep's metric and
+    (for resuming) the latest; with the default 2 it would keep all three."""
+    from lora_tune.results import trial_histories
+    from lora_tune.storage import Store
+
+    sweep_dir, _, cfg = finished_sweep
+    histories = trial_histories(Store.at(sweep_dir))
+    finished = {t: reports for t, reports in histories.items() if reports[-1]["step"] == cfg.max_steps}
+    assert finished
+    for trial_id, reports in finished.items():
+        (trial_dir,) = sweep_dir.glob(f"lora_trial_{trial_id}_*")
+        kept = {json.loads((c / "metrics.json").read_text())["step"] for c in trial_dir.glob("checkpoint_*")}
+        best = min(reports, key=lambda r: r["eval_loss"])["step"]
+        assert kept == {best, cfg.max_steps}, (trial_id, kept, best)
 
 
 def test_pbt_exploited_trials_train_at_their_own_mutated_learning_rate(tmp_path: Path) -> None:
