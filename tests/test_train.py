@@ -126,6 +126,32 @@ def test_reused_base_gives_identical_results() -> None:
     assert not any("lora_" in name for name, _ in BASE_CACHE.base.named_modules())
 
 
+def test_a_reused_worker_switches_bases_between_bits() -> None:
+    """reuse_actors: one process runs a 4-bit trial, a 16-bit one, then a 4-bit one again. Each switch loads the
+    base it needs (not reused, the right kind of layers) and trains exactly as a fresh process would."""
+    from bitsandbytes.nn import Linear4bit
+
+    from lora_tune.model import BASE_CACHE
+
+    def with_bits(bits: int) -> TrialConfig:
+        cfg = dataclasses.replace(tiny_trial(eval_every=2), max_steps=4)
+        return dataclasses.replace(cfg, quant=dataclasses.replace(cfg.quant, bits=bits))
+
+    def quantized() -> bool:
+        return any(isinstance(m, Linear4bit) for m in BASE_CACHE.base.modules())
+
+    fresh_16 = [r["eval_loss"] for r in collect(with_bits(16), reuse_base=False)]
+    BASE_CACHE.clear()
+    losses = []
+    for bits, is_quantized in ((4, True), (16, False), (4, True)):
+        reports = collect(with_bits(bits))
+        assert reports[0]["base_reused"] is False, bits
+        assert quantized() is is_quantized and BASE_CACHE.key[1] == bits
+        losses.append([r["eval_loss"] for r in reports])
+    assert losses[1] == fresh_16 and losses[2] == losses[0]  # the first 4-bit one loaded into an empty cache
+    assert losses[0] != fresh_16  # the comparison can tell the bases apart
+
+
 def test_a_restored_state_takes_the_trials_own_learning_rate(tmp_path: Path) -> None:
     """PBT's exploit: another trial's state, this trial's (mutated) lr; the schedule keeps its position."""
     import shutil
