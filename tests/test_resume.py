@@ -1,0 +1,67 @@
+"""Resuming a sweep that ended (README "Resume"): `retry_errored=true` runs its errored trial again and nothing
+else; the base model's scores and the default-LoRA baseline are read back, not computed again."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from lora_tune.compose import compose_config
+from lora_tune.preflight import resolve_resume
+from lora_tune.sweep import run_sweep
+from tests.conftest import with_space
+
+
+def steps_reported(sweep: Path) -> dict[str, list[int]]:
+    """trial_id -> every step it reported (progress.csv, one per trial folder): a trial run again adds steps."""
+    out = {}
+    for path in sweep.glob("lora_trial_*/progress.csv"):
+        with open(path, newline="") as handle:
+            lines = list(csv.DictReader(handle))
+        if lines:
+            out[lines[0]["trial_id"]] = [int(line["step"]) for line in lines]
+    return out
+
+
+def plant(path: Path, key: str, inside: str | None = None) -> None:
+    """Add `key` to a stored JSON file (or to its `inside` dict): a reference computed again would not have it."""
+    data = json.loads(path.read_text())
+    (data[inside] if inside else data)[key] = 1
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.slow  # two sweeps with the baseline: ~90 s
+def test_retry_errored_reruns_only_the_errored_trial_and_reuses_the_references(tmp_path: Path) -> None:
+    # as test_sweep's diverging trial: fp16 weights at lr 1e4 overflow within two steps (nan: an ERROR), 1e-3 trains
+    cfg = compose_config(["experiment=tiny", f"output_dir={tmp_path}", "sweep_name=again", "wandb.mode=disabled",
+                          "num_samples=1", "scheduler=fifo", "quant.compute_dtype=fp16", "train.max_grad_norm=0",
+                          "train.precision=fp32", "data.max_train_examples=16", "max_steps=8", "verbose=0",
+                          "ray.max_failures=0", "eval.baseline=true"])
+    cfg = with_space(cfg, lr={"key": "train.lr", "type": "grid", "values": [1e-3, 1e4]},
+                     bits={"key": "quant.bits", "type": "choice", "values": [16]})
+    run_sweep(cfg)
+    sweep = tmp_path / "again"
+    before = {r["trial_id"]: r for r in json.loads((sweep / "results.json").read_text())}
+    (errored,) = [t for t, r in before.items() if r["status"] == "ERROR"]
+    assert before[errored]["failures"] == 1 and before["baseline"]["role"] == "baseline"
+    reported = steps_reported(sweep)
+    plant(sweep / "base_scores.json", "planted_base")
+    plant(sweep / "baseline" / "result.json", "planted_baseline", inside="test")
+    adapter = sweep / "baseline" / "adapter" / "adapter_model.safetensors"
+    adapter_written = adapter.stat().st_mtime_ns
+
+    run_sweep(resolve_resume(compose_config([f"resume={sweep}", "retry_errored=true", "verbose=0"])))
+
+    after = {r["trial_id"]: r for r in json.loads((sweep / "results.json").read_text())}
+    assert after.keys() == before.keys()
+    assert after[errored]["failures"] == 2, "the errored trial was not run again"  # and it diverges again
+    finished = [t for t, r in before.items() if r["status"] == "TERMINATED" and r["role"] == "trial"]
+    assert finished and all(steps_reported(sweep)[t] == reported[t] for t in finished)  # not run again
+    summary = json.loads((sweep / "best" / "summary.json").read_text())  # written again by the resume
+    assert summary["test"]["planted_base"] == 1, "the base model was scored again"
+    assert summary["test"]["planted_baseline"] == 1, "the baseline was trained again"
+    assert adapter.stat().st_mtime_ns == adapter_written and summary["test"]["default_lora_steps"] == 8
+    assert after["baseline"]["eval_loss"] == before["baseline"]["eval_loss"]
