@@ -26,6 +26,7 @@ from typing import Any
 
 from lora_tune import __version__
 from lora_tune.config import WandbConfig, flatten
+from lora_tune.redaction import redact
 from lora_tune.results import best, columns
 from lora_tune.storage import Store
 
@@ -155,7 +156,7 @@ class TrialTracker:
     def trial_started(self, trial_id: str, config: dict[str, Any], role: str = "trial") -> None:
         if trial_id in self.runs:
             return  # a retried trial keeps its run
-        flat = flatten(config)
+        flat = flatten(redact(config))
         tags = [f"bits={flat.get('quant.bits')}", f"base={Path(self.base_model).name}", f"role={role}"]
         run = self._init(name=trial_id, id=slug(f"{self.sweep_name}-{trial_id}"), job_type=role,
                          config=flat, tags=tags)

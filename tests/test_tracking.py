@@ -381,6 +381,23 @@ def test_disabled_tracker_touches_no_wandb(tmp_path: Path) -> None:
     assert not (tmp_path / "off").exists() and tracker.refs() == {"mode": "disabled"}
 
 
+def test_a_trial_runs_config_is_redacted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README: secret-named keys and the values of secret environment variables never reach a W&B run config."""
+    secret = "sekrit0value0of0an0env0token"
+    monkeypatch.setenv("LORA_TUNE_TEST_TOKEN", secret)
+    tracker = TrialTracker(WandbConfig(mode="offline"), "red", Store.at(str(tmp_path / "red")), tmp_path / "red",
+                           "embedded:tiny")
+    tracker.trial_started("t1", {"peft": {"r": 8}, "model": {"name_or_path": f"https://u:{secret}@hub.test/m",
+                                                             "hf_token": "hf_plain0token0in0a0key"}})
+    tracker.trial_ended("t1", {"status": "TERMINATED"})
+    (run,) = offline_runs(tmp_path / "red")
+    assert run["config"]["peft.r"] == 8  # the config is there, minus the secrets
+    assert run["config"]["model.name_or_path"] == "https://u:<redacted>@hub.test/m"
+    assert run["config"]["model.hf_token"] == "<redacted>"
+    files = [p for p in (tmp_path / "red").rglob("*") if p.is_file() and not p.is_symlink()]
+    assert files and not [p for p in files if secret.encode() in p.read_bytes() or b"hf_plain0token" in p.read_bytes()]
+
+
 def test_logger_none_composes_to_disabled() -> None:
     from lora_tune.compose import compose_config
 
