@@ -44,10 +44,12 @@ def histories(location: str) -> dict[str, list[dict]]:
 
 @pytest.fixture(scope="module")
 def two_worker_sweep(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """ASHA over lr 3e-2 (learns) and 1e-6 (does not), twice, one trial at a time, 2 workers per trial."""
+    """ASHA over lr 3e-2 (learns) and 1e-6 (does not), twice, one trial at a time, 2 workers per trial; W&B
+    offline."""
     out = tmp_path_factory.mktemp("ddp")
-    cfg = compose_config([*SHARED, f"output_dir={out}", "sweep_name=ddp", "resources.workers_per_trial=2",
-                          "num_samples=2"])
+    shared = [o for o in SHARED if not o.startswith("wandb.mode=")]
+    cfg = compose_config([*shared, "wandb.mode=offline", f"output_dir={out}", "sweep_name=ddp",
+                          "resources.workers_per_trial=2", "num_samples=2"])
     cfg = with_space(cfg, lr={"key": "train.lr", "type": "grid", "values": [3e-2, 1e-6]})
     summary = run_sweep(cfg)
     return {"cfg": cfg, "summary": summary, "dir": out / "ddp"}
@@ -74,6 +76,19 @@ def test_asha_stops_two_worker_trials_and_the_winner_exports(two_worker_sweep: d
     assert len(rows) == 4 and all(r["status"] == "TERMINATED" and r["workers"] == 2 for r in rows)
     assert any(r["stopped_early"] for r in rows) and any(r["steps"] == 12 for r in rows), rows
     assert two_worker_sweep["summary"]["hyperparameters"]["lr"] == 3e-2
+
+
+def test_one_wandb_run_per_trial_not_per_worker(two_worker_sweep: dict) -> None:
+    """Only rank 0 reports: each two-worker trial is one W&B run with one history row per evaluation."""
+    from tests.test_tracking import offline_runs
+
+    rows = {r["trial_id"]: r for r in json.loads((two_worker_sweep["dir"] / "results.json").read_text())}
+    runs = offline_runs(two_worker_sweep["dir"])
+    trial_runs = {r["run"].display_name: r for r in runs if r["run"].job_type == "trial"}
+    assert trial_runs.keys() == rows.keys() and len(runs) == len(rows) + 1  # + the sweep's run
+    for trial_id, run in trial_runs.items():
+        steps = [h["step"] for h in run["history"] if "eval_loss" in h]
+        assert steps == list(range(4, rows[trial_id]["steps"] + 1, 4)), (trial_id, steps)
 
 
 def test_the_rank_0_adapter_loads_and_generates(two_worker_sweep: dict) -> None:
