@@ -340,6 +340,27 @@ def test_sync_uploads_then_links_once(sweep_copy: Path) -> None:
     assert second["linked"] == [] and len(second["already_linked"]) == 1
 
 
+def test_sync_of_a_sweep_in_a_bucket_uploads_its_runs_and_links_once(sweep_copy: Path, s3) -> None:
+    """`registry sync s3://...`: the offline runs are read from the bucket, uploaded from a local copy, marked
+    synced in the bucket, and the link's status is written back there."""
+    from lora_tune.storage import cache_dir
+
+    bucket = Store.at(s3.uri(f"registry-sync/{SWEEP}"))
+    for path in sweep_copy.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            bucket.write_bytes(path.relative_to(sweep_copy).as_posix(), path.read_bytes())
+    calls: list[list[Path]] = []
+    api = RecordingWandbApi(cache_dir(f"{bucket.uri}/wandb-sync"))  # where sync downloads the runs to
+    first = sync(Store.at(bucket.uri), api=api, run_sync=pretend_wandb_sync(calls))
+    assert len(calls) == 1 and len(calls[0]) == 7 and len(first["synced"]) == 7
+    assert all(Path(d).is_relative_to(cache_dir(f"{bucket.uri}/wandb-sync")) for d in calls[0])
+    assert len([f for f in bucket.files("wandb") if f.endswith(".wandb.synced")]) == 7
+    assert api.links == [(f"test-entity/lora_tune/tiny-reg:{SWEEP}", "wandb-registry-model/lora-adapters", [SWEEP])]
+    assert bucket.read_json("pending_links.json")["links"][0]["status"] == "linked"
+    again = sync(Store.at(bucket.uri), api=api, run_sync=pretend_wandb_sync(calls))
+    assert len(calls) == 1 and len(api.links) == 1 and len(again["already_linked"]) == 1
+
+
 def test_sync_links_nothing_while_runs_are_not_uploaded(sweep_copy: Path) -> None:
     api = RecordingWandbApi(sweep_copy)
     done = sync(Store.at(str(sweep_copy)), api=api, run_sync=lambda sweep_dir, dirs, timeout_s: 1)  # the upload failed
