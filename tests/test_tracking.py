@@ -361,6 +361,38 @@ def test_sync_of_a_sweep_in_a_bucket_uploads_its_runs_and_links_once(sweep_copy:
     assert len(calls) == 1 and len(api.links) == 1 and len(again["already_linked"]) == 1
 
 
+class StandInRun:
+    """An online wandb Run as `_register` uses it: each link_artifact call is bound to the real SDK's signature."""
+
+    id = "run-1"
+
+    def __init__(self, local_dir: Path, fails: bool = False):
+        self.settings = type("Settings", (), {"sync_file": str(local_dir / "wandb" / "run-1" / "run-1.wandb")})()
+        self.fails, self.links = fails, []
+
+    def link_artifact(self, *args: Any, **kwargs: Any) -> None:
+        import wandb
+
+        given = real_sdk_accepts(wandb.Run.link_artifact, *args, **kwargs)
+        if self.fails:
+            raise ConnectionError("W&B is unreachable")
+        self.links.append((given["artifact"], given["target_path"], given.get("aliases")))
+
+
+def test_online_the_winner_is_linked_to_the_registry_at_once(tmp_path: Path) -> None:
+    tracker = TrialTracker(WandbConfig(mode="online", registry="model", collection="lora-adapters"), "Sweep 1",
+                           Store.at(str(tmp_path / "s")), tmp_path / "s", "embedded:tiny")
+    run, artifact = StandInRun(tmp_path / "s"), object()
+    tracker._register(run, artifact)
+    assert run.links == [(artifact, "wandb-registry-model/lora-adapters", ["Sweep-1"])]
+    assert not (tmp_path / "s" / "pending_links.json").exists()
+    failing = StandInRun(tmp_path / "s", fails=True)
+    with pytest.raises(ConnectionError):  # the tracker's guard turns this into one warning
+        tracker._register(failing, artifact)
+    (link,) = json.loads((tmp_path / "s" / "pending_links.json").read_text())["links"]
+    assert link["status"] == "pending" and link["target"] == "wandb-registry-model/lora-adapters"
+
+
 def test_sync_links_nothing_while_runs_are_not_uploaded(sweep_copy: Path) -> None:
     api = RecordingWandbApi(sweep_copy)
     done = sync(Store.at(str(sweep_copy)), api=api, run_sync=lambda sweep_dir, dirs, timeout_s: 1)  # the upload failed
