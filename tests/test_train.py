@@ -348,6 +348,37 @@ def test_an_optimizer_step_sees_batch_size_examples_in_each_of_grad_accum_micro_
     assert rows == [3, 3]
 
 
+def test_grad_accum_gives_the_gradients_of_one_batch_of_the_same_examples() -> None:
+    """batch_size=4 x grad_accum=2 takes the examples batch_size=8 takes (plain order) and, the loss normalised
+    over the step's answer tokens (not averaged per micro-batch), hands the optimizer the same gradients."""
+    from lora_tune.data import IGNORE_INDEX
+    from lora_tune.distributed import Workers
+    from lora_tune.train import build_state, train_step
+
+    def gradients_of_step_one(batch_size: int, grad_accum: int) -> dict[str, torch.Tensor]:
+        cfg = tiny_trial(batch_size=batch_size, grad_accum=grad_accum, precision="fp32", max_grad_norm=0.0)
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, group_by_length=False),
+                                  peft=dataclasses.replace(cfg.peft, dropout=0.0))
+        state = build_state(cfg, Workers(), reuse_base=False)
+        for i, example in enumerate(state.data.train):  # answers of unequal length (the dates' are all alike)
+            answer = [j for j, label in enumerate(example["labels"]) if label != IGNORE_INDEX]
+            for j in answer[: i % 4]:
+                example["labels"][j] = IGNORE_INDEX
+        seen: dict[str, torch.Tensor] = {}
+        params = {n: p for n, p in state.trainable.named_parameters() if p.requires_grad}
+        state.optimizer.register_step_pre_hook(
+            lambda *_: seen.update({n: p.grad.detach().clone() for n, p in params.items()}))
+        train_step(state, cfg, 1)
+        return seen
+
+    whole, accumulated = gradients_of_step_one(8, 1), gradients_of_step_one(4, 2)
+    assert whole.keys() == accumulated.keys() and any(g.abs().sum() > 0 for g in whole.values())
+    for name, grad in whole.items():
+        torch.testing.assert_close(accumulated[name], grad, rtol=1e-4, atol=1e-7, msg=name)
+    half = gradients_of_step_one(4, 1)  # half the examples: other gradients, which the tolerance tells apart
+    assert any(not torch.allclose(half[n], g, rtol=1e-4, atol=1e-7) for n, g in whole.items())
+
+
 def test_data_group_by_length_false_takes_batches_in_a_plain_seeded_random_order() -> None:
     """data.group_by_length=false (HF Trainer's default order): each batch is the next slice of the epoch's seeded
     permutation; the default groups them by length instead."""
