@@ -65,7 +65,7 @@ def test_results_files_match_the_contract(finished_sweep) -> None:
 
 
 def test_winner_is_the_best_trial_and_summary_records_it(finished_sweep) -> None:
-    sweep_dir, summary, _ = finished_sweep
+    sweep_dir, summary, cfg = finished_sweep
     rows = json.loads((sweep_dir / "results.json").read_text())
     best = min(rows, key=lambda r: r["eval_loss"])
     on_disk = json.loads((sweep_dir / "best" / "summary.json").read_text())
@@ -75,7 +75,19 @@ def test_winner_is_the_best_trial_and_summary_records_it(finished_sweep) -> None
     assert on_disk["bits"] == on_disk["config"]["quant"]["bits"] == best["bits"]
     assert on_disk["base_model"] == "embedded:tiny"
     test = on_disk["test"]
-    assert test["examples"] == 16 and 0 <= test["base_exact_match"] <= 1 and 0 <= test["winner_exact_match"] <= 1
+    assert test["examples"] == 16 and (test["base_exact_match"] * 16).is_integer()
+    # the test scores are the exported adapter's: scoring it again here, with the threads the sweep's scoring task
+    # had (bf16 sums depend on their order), gives them exactly
+    import os
+
+    from lora_tune.config import TrialConfig
+    from lora_tune.evaluate import score_on_test
+
+    trial_cfg = TrialConfig.from_dict(on_disk["config"])  # the winner's config, as summary.json records it
+    threads = max(1, int(cfg.resources.num_cpus or os.cpu_count() or 1))  # tuner.start_task's, all_cpus=True
+    again = score_on_test(trial_cfg, str(sweep_dir / "best" / "adapter"), num_threads=threads)
+    assert again["winner_exact_match"] == test["winner_exact_match"]
+    assert again["winner_loss"] == pytest.approx(test["winner_loss"], rel=1e-6)
     # the eval loss's standard error over the eval rows, at the winner's best report, and in the last line
     se = best["eval_loss_se"]
     assert 0 < se < best["eval_loss"] and on_disk["eval_metrics"]["eval_loss_se"] == se
