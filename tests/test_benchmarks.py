@@ -15,6 +15,8 @@ import pytest
 from benchmarks import run
 from benchmarks.trials import lora_flops_per_token, mfu
 
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
 
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
@@ -204,3 +206,18 @@ def test_the_loraplus_probe_averages_each_point_over_seeds_and_says_whether_lora
     table = loraplus.markdown({"overrides": ["max_steps=30"], "summary": summary})
     assert "| 0.001 | off | 0.0700 | 0.0141 | 2 |" in table and "| 0.0005 | 16 | 0.0750 | — | 1 |" in table
     assert "ratio 16: 0.0750) does not beat the best single learning rate (lr 0.001: 0.0700)" in table
+
+
+@pytest.mark.parametrize("stem", ["results", "results_space"])
+def test_each_committed_results_table_is_what_the_code_writes_from_its_json(stem: str, tmp_path: Path) -> None:
+    """Every figure of a committed table is written by code: rendering the committed JSON again gives the
+    committed markdown exactly (a hand edit, or a table the code no longer writes, fails here)."""
+    from benchmarks import report, space
+
+    results = json.loads((BENCHMARKS / f"{stem}.json").read_text())
+    if stem == "results":
+        report.write_markdown(results, tmp_path / "results.md")
+        rendered = (tmp_path / "results.md").read_text()
+    else:
+        rendered = space.markdown(results)
+    assert rendered == (BENCHMARKS / f"{stem}.md").read_text()
