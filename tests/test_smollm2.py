@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 def test_short_sweep_on_smollm2_learns_the_task(tmp_path: Path) -> None:
     cfg = compose_config([f"output_dir={tmp_path}", "sweep_name=smol", "wandb.mode=offline", "num_samples=1",
-                          "scheduler=fifo", "eval.baseline=false",
+                          "scheduler=fifo", "eval.baseline=false", "eval.confirm_top_k=0",  # confirmed: test_tracking
                           "max_steps=8", "train.eval_every=4",
                           "data.eval_examples=16", "data.exact_match_examples=8", "data.test_examples=24",
                           "verbose=0"])

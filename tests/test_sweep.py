@@ -133,23 +133,6 @@ def test_one_offline_wandb_run_per_trial_plus_the_sweep_run(finished_sweep) -> N
     assert all(list(run.glob("*.wandb")) for run in runs)
 
 
-def test_a_diverging_trial_ends_as_error_and_the_sweep_goes_on(tmp_path: Path) -> None:
-    from lora_tune.compose import compose_config
-
-    cfg = compose_config(["experiment=tiny", f"output_dir={tmp_path}", "sweep_name=diverge", "wandb.mode=disabled",
-                          "num_samples=1", "scheduler=fifo", "quant.compute_dtype=fp16", "train.max_grad_norm=0",
-                          "data.max_train_examples=16", "max_steps=8", "verbose=0", "train.precision=fp32"])
-    # fp16 weights overflow within two steps at lr 1e4 (no bf16 autocast to cast them to fp32's range); lr 1e-3 trains
-    cfg = with_space(cfg, lr={"key": "train.lr", "type": "grid", "values": [1e-3, 1e4]},
-                     bits={"key": "quant.bits", "type": "choice", "values": [16]})
-    summary = run_sweep(cfg)
-    rows = {r["lr"]: r for r in json.loads((tmp_path / "diverge" / "results.json").read_text())}
-    assert rows[1e4]["status"] == "ERROR" and "train loss is nan" in rows[1e4]["error"]
-    assert rows[1e4]["failures"] == cfg.ray.max_failures + 1  # retried, and each retry failed at once
-    assert rows[1e-3]["status"] == "TERMINATED" and rows[1e-3]["steps"] == 8
-    assert summary["trial_id"] == rows[1e-3]["trial_id"]
-
-
 def test_the_exported_adapter_is_the_checkpoint_where_the_metric_was_measured(finished_sweep) -> None:
     sweep_dir, summary, _ = finished_sweep
     (trial_dir,) = sweep_dir.glob(f"lora_trial_{summary['trial_id']}_*")
