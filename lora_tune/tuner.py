@@ -269,8 +269,13 @@ def start_task(cfg: SweepConfig, name: str, fn: Callable, *args: Any, all_cpus: 
     # @ray.remote sets it (.options() cannot; Ray defaults it to 1 only there, for tasks that ask for GPUs).
     task = ray.remote(num_cpus=res.cpus_per_trial, num_gpus=res.gpus_per_trial, max_calls=1,
                       max_retries=max(cfg.ray.max_failures, 0))(announcing_start(fn))
-    threads = max(1, int(res.num_cpus or os.cpu_count() or 1)) if all_cpus else max(1, int(res.cpus_per_trial))
-    return Task(name, request, task.remote(*args, threads))
+    return Task(name, request, task.remote(*args, task_threads(cfg, all_cpus)))
+
+
+def task_threads(cfg: SweepConfig, all_cpus: bool = False) -> int:
+    """torch threads of a task beside or after the trials: one trial's CPU share, or (`all_cpus`) the sweep's."""
+    res = cfg.resources
+    return max(1, int(res.num_cpus or os.cpu_count() or 1)) if all_cpus else max(1, int(res.cpus_per_trial))
 
 
 def announcing_start(fn: Callable) -> Callable:

@@ -3,6 +3,7 @@ and one two-node Ray cluster per session."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -78,3 +79,13 @@ def recorded_finished(store: Store) -> set[str]:
     except (ValueError, KeyError):  # caught while it was being written
         return set()
     return {t["trial_id"] for t in trials if t.get("status") == "TERMINATED"}
+
+
+def steps_reported(sweep_dir: Path, trial_id: str) -> list[int]:
+    """Every step a trial reported, in order, from its progress.csv (a trial run again would repeat steps)."""
+    for path in sweep_dir.glob("lora_trial_*/progress.csv"):
+        with open(path, newline="") as handle:
+            lines = list(csv.DictReader(handle))
+        if lines and lines[0]["trial_id"] == trial_id:
+            return [int(line["step"]) for line in lines]
+    return []

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from lora_tune.storage import Store
-from tests.conftest import recorded_finished
+from tests.conftest import recorded_finished, steps_reported
 from tests.procs import run_bounded
 from tests.ray_cluster import alive_nodes
 
@@ -85,16 +85,6 @@ def progress(sweep_dir: Path) -> dict[str, dict]:
         if lines:
             rows[lines[-1]["trial_id"]] = lines[-1]
     return rows
-
-
-def steps_reported(sweep_dir: Path, trial_id: str) -> list[int]:
-    """Every step a trial reported, in order, from its progress.csv (a trial run again would repeat steps)."""
-    for path in sweep_dir.glob("lora_trial_*/progress.csv"):
-        with open(path, newline="") as handle:
-            lines = list(csv.DictReader(handle))
-        if lines and lines[0]["trial_id"] == trial_id:
-            return [int(line["step"]) for line in lines]
-    return []
 
 
 def results(sweep_dir: Path) -> list[dict]:

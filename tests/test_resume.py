@@ -4,7 +4,6 @@ baseline are read back, not computed again."""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -13,18 +12,7 @@ import pytest
 from lora_tune.compose import compose_config
 from lora_tune.preflight import resolve_resume
 from lora_tune.sweep import run_sweep
-from tests.conftest import with_space
-
-
-def steps_reported(sweep: Path) -> dict[str, list[int]]:
-    """trial_id -> every step it reported (progress.csv, one per trial folder): a trial run again adds steps."""
-    out = {}
-    for path in sweep.glob("lora_trial_*/progress.csv"):
-        with open(path, newline="") as handle:
-            lines = list(csv.DictReader(handle))
-        if lines:
-            out[lines[0]["trial_id"]] = [int(line["step"]) for line in lines]
-    return out
+from tests.conftest import steps_reported, with_space
 
 
 def plant(path: Path, key: str, inside: str | None = None) -> None:
@@ -53,7 +41,8 @@ def test_a_diverged_trial_errors_and_retry_errored_reruns_it_alone_reusing_the_r
     (finished,) = [t for t, r in before.items() if r["status"] == "TERMINATED" and r["role"] == "trial"]
     assert before[finished]["steps"] == 8 and summary["trial_id"] == finished  # the sweep went on and has a winner
     assert before["baseline"]["role"] == "baseline"
-    reported = steps_reported(sweep)
+    reported = steps_reported(sweep, finished)
+    assert reported == [4, 8]  # its evaluations (train.eval_every=4), each once
     plant(sweep / "base_scores.json", "planted_base")
     plant(sweep / "baseline" / "result.json", "planted_baseline", inside="test")
     adapter = sweep / "baseline" / "adapter" / "adapter_model.safetensors"
@@ -65,7 +54,7 @@ def test_a_diverged_trial_errors_and_retry_errored_reruns_it_alone_reusing_the_r
     assert after.keys() == before.keys()
     assert after[errored]["failures"] > before[errored]["failures"], "the errored trial was not run again"
     assert after[errored]["status"] == "ERROR"  # it diverges again
-    assert steps_reported(sweep)[finished] == reported[finished]  # the finished trial was not run again
+    assert steps_reported(sweep, finished) == reported  # the finished trial was not run again
     summary = json.loads((sweep / "best" / "summary.json").read_text())  # written again by the resume
     assert summary["test"]["planted_base"] == 1, "the base model was scored again"
     assert summary["test"]["planted_baseline"] == 1, "the baseline was trained again"

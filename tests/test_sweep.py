@@ -76,16 +76,14 @@ def test_winner_is_the_best_trial_and_summary_records_it(finished_sweep) -> None
     assert on_disk["base_model"] == "embedded:tiny"
     test = on_disk["test"]
     assert test["examples"] == 16 and (test["base_exact_match"] * 16).is_integer()
-    # the test scores are the exported adapter's: scoring it again here, with the threads the sweep's scoring task
-    # had (bf16 sums depend on their order), gives them exactly
-    import os
-
+    # the test scores are the exported adapter's: scoring it again here, on the threads the sweep's scoring task
+    # had, gives them exactly
     from lora_tune.config import TrialConfig
     from lora_tune.evaluate import score_on_test
+    from lora_tune.tuner import task_threads
 
     trial_cfg = TrialConfig.from_dict(on_disk["config"])  # the winner's config, as summary.json records it
-    threads = max(1, int(cfg.resources.num_cpus or os.cpu_count() or 1))  # tuner.start_task's, all_cpus=True
-    again = score_on_test(trial_cfg, str(sweep_dir / "best" / "adapter"), num_threads=threads)
+    again = score_on_test(trial_cfg, str(sweep_dir / "best" / "adapter"), num_threads=task_threads(cfg, all_cpus=True))
     assert again["winner_exact_match"] == test["winner_exact_match"]
     assert again["winner_loss"] == pytest.approx(test["winner_loss"], rel=1e-6)
     # the eval loss's standard error over the eval rows, at the winner's best report, and in the last line
