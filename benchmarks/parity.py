@@ -12,8 +12,13 @@ own batches, in its order (a sampler of data.batch_indices): what is left betwee
 the loop itself (and the dropout draws). Writes OUT/results_parity.json and OUT/results_parity.md; every figure
 written by code.
 
-    python -m benchmarks.parity                      # SmolLM2-135M, the issue's config, 3 seeds (~25 min on 2 cores)
+    python -m benchmarks.parity                      # SmolLM2-135M, the issue's config, 3 seeds (~40 min on 2 cores)
     python -m benchmarks.parity --quick --out /tmp/p # the tiny model, 2 seeds, seconds (the slow test runs this)
+    python -m benchmarks.parity --from-json benchmarks/results_parity.json   # re-summarise, no training
+
+Seeds are paired (a seed fixes the data and the initial adapter of every arm), so besides the ratio of the means
+each comparison reports the seed-by-seed difference of the final losses with its standard error: a gap within
+two standard errors of 0 is the seeds' noise, not a difference between the loops.
 
 A measurement, not a test: nothing here asserts.
 """
@@ -131,24 +136,48 @@ RATIOS = (("lora_tune_over_hf_mean_final", "lora_tune", "hf_trainer"),
 
 def compare(overrides: list[str], seeds: list[int], out: Path, arms: tuple[str, ...] = ARMS) -> dict[str, Any]:
     runs = [one_seed(overrides, seed, out, arms) for seed in seeds]
-    finals = {arm: [run[arm][max(run[arm])] for run in runs] for arm in arms}
+    return {"settings": settings(overrides, seeds), "arms": list(arms), "runs": runs, **summarise(runs, arms),
+            "load_avg": load()}
+
+
+def settings(overrides: list[str], seeds: list[int]) -> dict[str, Any]:
+    cfg = trial_config(overrides, seeds[0])
+    return {"overrides": overrides, "seeds": seeds, "model": cfg.model.name_or_path, "max_steps": cfg.max_steps,
+            "global_batch": cfg.train.batch_size * cfg.train.grad_accum, "eval_rows": cfg.data.eval_examples,
+            "precision": cfg.train.precision}
+
+
+def final_loss(losses: dict[Any, float]) -> float:
+    """The eval loss at the last step (steps are ints here and strings once read back from JSON)."""
+    return losses[max(losses, key=int)]
+
+
+def paired_difference(runs: list[dict[str, Any]], a: str, b: str) -> dict[str, Any]:
+    """Arm a's final eval loss minus arm b's, seed by seed (the same seed: the same data and initial adapter), as
+    mean and standard error over the seeds; `within_noise`: the mean is within two standard errors of 0."""
+    diffs = [final_loss(run[a]) - final_loss(run[b]) for run in runs]
+    se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None
+    return {"mean": statistics.mean(diffs), "se": se, "seeds": len(diffs),
+            "within_noise": None if se is None else abs(statistics.mean(diffs)) <= 2 * se}
+
+
+def summarise(runs: list[dict[str, Any]], arms: tuple[str, ...]) -> dict[str, Any]:
+    """Everything computed from the runs' losses: per-arm mean and spread, the ratios, the paired differences."""
+    finals = {arm: [final_loss(run[arm]) for run in runs] for arm in arms}
     summary = {arm: {"mean": statistics.mean(v), "stdev": statistics.stdev(v) if len(v) > 1 else None}
                for arm, v in finals.items()}
-    ratios = {key: round(summary[a]["mean"] / summary[b]["mean"], 4) for key, a, b in RATIOS
-              if a in summary and b in summary}
+    present = [(key, a, b) for key, a, b in RATIOS if a in summary and b in summary]
+    ratios = {key: round(summary[a]["mean"] / summary[b]["mean"], 4) for key, a, b in present}
+    paired = {key: paired_difference(runs, a, b) for key, a, b in present}
     gaps = [abs(run["lora_tune"][step] - run["hf_same_order"][step]) for run in runs
             if "lora_tune" in run and "hf_same_order" in run for step in run["lora_tune"]]
     ratio = ratios.get("lora_tune_over_hf_mean_final")
-    cfg = trial_config(overrides, seeds[0])
     return {"what": "final eval loss (lora_tune's eval_loss) of run_trial vs HF Trainer on the same model, data "
                     "and optimisation, per seed",
-            "settings": {"overrides": overrides, "seeds": seeds, "model": cfg.model.name_or_path,
-                         "max_steps": cfg.max_steps, "global_batch": cfg.train.batch_size * cfg.train.grad_accum,
-                         "eval_rows": cfg.data.eval_examples, "precision": cfg.train.precision},
-            "arms": list(arms), "runs": runs, "final": finals, "summary": summary, "ratio": ratios,
+            "final": finals, "summary": summary, "ratio": ratios, "paired_difference": paired,
             "same_order_max_gap": max(gaps) if gaps else None,
             "target": "lora_tune's mean final eval loss within 10 % of HF's (ratio <= 1.10)",
-            "met": ratio <= 1.10 if ratio is not None else None, "load_avg": load()}
+            "met": ratio <= 1.10 if ratio is not None else None}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -158,8 +187,9 @@ def markdown(result: dict[str, Any]) -> str:
              "| seed | arm | eval loss by step | final | wall s |", "|---|---|---|---|---|"]
     for run in result["runs"]:
         for arm in result["arms"]:
-            by_step = ", ".join(f"{step}: {loss:.4f}" for step, loss in sorted(run[arm].items()))
-            lines.append(f"| {run['seed']} | {arm} | {by_step} | {run[arm][max(run[arm])]:.4f} | "
+            by_step = ", ".join(f"{step}: {loss:.4f}" for step, loss in sorted(run[arm].items(),
+                                                                             key=lambda item: int(item[0])))
+            lines.append(f"| {run['seed']} | {arm} | {by_step} | {final_loss(run[arm]):.4f} | "
                          f"{run[arm + '_s']} |")
     summary = result["summary"]
     lines += ["", "| arm | mean final | stdev |", "|---|---|---|"]
@@ -170,7 +200,8 @@ def markdown(result: dict[str, Any]) -> str:
               "lora_tune_random_over_hf_mean_final": "run_trial with HF's random batch order "
                                                      "(data.group_by_length=false) / HF",
               "lora_tune_over_hf_same_order_mean_final": "lora_tune / HF fed run_trial's batches"}
-    lines += [f"- {labels[key]}: {value:.3f}" for key, value in ratios.items()]
+    lines += [f"- {labels[key]}: {value:.3f}{paired_line(result['paired_difference'][key])}"
+              for key, value in ratios.items()]
     if result["met"] is not None:
         lines.append(f"- target {result['target']}: {'met' if result['met'] else 'NOT met'}")
     if result["same_order_max_gap"] is not None:
@@ -179,17 +210,32 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paired_line(diff: dict[str, Any]) -> str:
+    if diff["se"] is None:
+        return ""
+    verdict = "within 2 standard errors of 0: noise" if diff["within_noise"] else "beyond 2 standard errors"
+    return (f"; final loss difference seed by seed {diff['mean']:+.4f} ± {diff['se']:.4f} (standard error over "
+            f"{diff['seeds']} seeds, {verdict})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the tiny model, 2 seeds (seconds)")
     parser.add_argument("--seeds", type=int, nargs="+")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--from-json", type=Path, help="no training: summarise the runs of this results_parity.json "
+                        "again with today's code (its settings, runs and load kept) and write both files")
     parser.add_argument("overrides", nargs="*", help="more config overrides for every arm, e.g. peft.dropout=0")
     args = parser.parse_args()
     seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
-    with tempfile.TemporaryDirectory() as tmp:
-        result = compare([*(QUICK if args.quick else FULL), *args.overrides], seeds, Path(tmp), tuple(args.arms))
+    if args.from_json:
+        old = json.loads(args.from_json.read_text())
+        result = {**old, **summarise(old["runs"], tuple(old["arms"]))}
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = compare([*(QUICK if args.quick else FULL), *args.overrides], seeds, Path(tmp),
+                             tuple(args.arms))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results_parity.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / "results_parity.md").write_text(markdown(result))
