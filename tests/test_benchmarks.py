@@ -210,7 +210,8 @@ def test_the_loraplus_probe_averages_each_point_over_seeds_and_says_whether_lora
 
 def test_the_parity_summary_pairs_the_arms_seed_by_seed() -> None:
     """PARITY (benchmarks/parity.py): a seed fixes the data and the initial adapter of every arm, so the arms are
-    compared seed by seed: the mean difference of the final losses and its standard error decide noise or not."""
+    compared seed by seed: the mean difference of the final losses, its standard error and its 95 % interval
+    (Student's t, not two standard errors: with 3 seeds that interval is twice as wide) decide noise or not."""
     from benchmarks import parity
 
     def run(seed: int, ours: float, hf: float) -> dict:  # steps as JSON gives them back: strings
@@ -220,27 +221,35 @@ def test_the_parity_summary_pairs_the_arms_seed_by_seed() -> None:
     noisy = parity.summarise([run(0, 0.07, 0.06), run(1, 0.05, 0.06), run(2, 0.08, 0.06)], ("lora_tune", "hf_trainer"))
     diff = noisy["paired_difference"]["lora_tune_over_hf_mean_final"]
     assert diff["mean"] == pytest.approx(1 / 3 * 0.02) and diff["se"] == pytest.approx(0.01527525 / 3 ** 0.5)
+    assert diff["interval95"] == pytest.approx([diff["mean"] - 4.303 * diff["se"], diff["mean"] + 4.303 * diff["se"]])
     assert diff["within_noise"] and noisy["ratio"]["lora_tune_over_hf_mean_final"] == pytest.approx(1.1111, abs=1e-4)
     assert noisy["met"] is False and noisy["summary"]["hf_trainer"]["stdev"] == 0
     steady = parity.summarise([run(0, 0.07, 0.06), run(1, 0.071, 0.06), run(2, 0.069, 0.06)],
                               ("lora_tune", "hf_trainer"))
     assert steady["paired_difference"]["lora_tune_over_hf_mean_final"]["within_noise"] is False
+    # 3.0 standard errors from 0: beyond two, yet within the 95 % interval of 3 seeds (t = 4.303)
+    wide = parity.summarise([run(0, 0.07, 0.06), run(1, 0.063, 0.06), run(2, 0.072, 0.06)], ("lora_tune", "hf_trainer"))
+    diff = wide["paired_difference"]["lora_tune_over_hf_mean_final"]
+    assert 2.5 < diff["mean"] / diff["se"] < 4.3 and diff["within_noise"]
     table = parity.markdown({"settings": parity.settings(parity.QUICK, [0, 1, 2]), "arms": ["lora_tune", "hf_trainer"],
                              "runs": [run(0, 0.07, 0.06)] * 3, **noisy})
     assert "| 0 | hf_trainer | 10: 0.6000, 20: 0.0600 | 0.0600 | 1.0 |" in table
-    assert "final loss difference seed by seed +0.0067 ± 0.0088 (standard error over 3 seeds, within 2" in table
+    assert "final loss difference seed by seed +0.0067 ± 0.0088 (standard error over 3 seeds; 95 % interval " \
+           "[-0.0313, +0.0446] holds 0" in table
 
 
-@pytest.mark.parametrize("stem", ["results", "results_space"])
+@pytest.mark.parametrize("stem", ["results", "results_space", "results_parity"])
 def test_each_committed_results_table_is_what_the_code_writes_from_its_json(stem: str, tmp_path: Path) -> None:
     """Every figure of a committed table is written by code: rendering the committed JSON again gives the
     committed markdown exactly (a hand edit, or a table the code no longer writes, fails here)."""
-    from benchmarks import report, space
+    from benchmarks import parity, report, space
 
     results = json.loads((BENCHMARKS / f"{stem}.json").read_text())
     if stem == "results":
         report.write_markdown(results, tmp_path / "results.md")
         rendered = (tmp_path / "results.md").read_text()
-    else:
+    elif stem == "results_space":
         rendered = space.markdown(results)
+    else:
+        rendered = parity.markdown(results)
     assert rendered == (BENCHMARKS / f"{stem}.md").read_text()
