@@ -1,4 +1,5 @@
-"""tests/procs.py: a test's subprocess that overruns its timeout is killed with everything it started."""
+"""tests/procs.py: a test's subprocess that overruns its timeout is killed with everything it started; a Ray
+actor is killed only while its process is still one."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import run_bounded
+from tests.procs import kill_ray_actor, run_bounded
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,3 +50,29 @@ def test_a_test_that_overruns_the_suites_timeout_fails_and_the_next_one_still_ru
                         "-o", "timeout=2", "-p", "no:cacheprovider", str(tmp_path / "test_hang.py")], timeout=120)
     assert done.returncode == 1, done.stdout[-2000:]
     assert "Timeout" in done.stdout and "1 failed, 1 passed" in done.stdout, done.stdout[-2000:]
+
+
+def titled(title: str) -> subprocess.Popen:
+    """A process whose title (argv[0], what /proc shows) is `title`, as Ray titles its workers."""
+    proc = subprocess.Popen(["bash", "-c", f'exec -a "{title}" sleep 60'])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with open(f"/proc/{proc.pid}/cmdline") as cmdline:
+            if cmdline.read().startswith(title):
+                return proc
+        time.sleep(0.05)
+    raise AssertionError(f"{title} never showed in /proc")
+
+
+def test_only_a_process_still_titled_as_a_working_ray_actor_is_killed() -> None:
+    actor, idle, other = titled("ray::ResourceTrainable.train"), titled("ray::IDLE"), titled("python")
+    try:
+        assert not kill_ray_actor(other.pid) and not kill_ray_actor(idle.pid)  # not (or no longer) an actor at work
+        assert not kill_ray_actor(actor.pid, title="ray::RayTrainWorker")  # another kind of actor
+        assert alive(other.pid) and alive(idle.pid) and alive(actor.pid)
+        assert kill_ray_actor(actor.pid) and actor.wait(timeout=10) == -9
+        assert not kill_ray_actor(actor.pid)  # gone: nothing to kill
+    finally:
+        for proc in (actor, idle, other):
+            proc.kill()
+            proc.wait()

@@ -18,7 +18,7 @@ import pytest
 
 from lora_tune.storage import Store
 from tests.conftest import recorded_finished, steps_reported
-from tests.procs import run_bounded
+from tests.procs import kill_ray_actor, run_bounded
 from tests.ray_cluster import alive_nodes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,19 +92,6 @@ def results(sweep_dir: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def running_trial_pid(pid: int) -> bool:
-    """Whether `pid` is a live Ray actor at work: Ray titles an actor's process `ray::<class>.<method>` (the
-    trial class wrapped by tune.with_resources: `ray::ResourceTrainable.train`), idle workers `ray::IDLE`. Read
-    straight from /proc, so polling costs nothing; the caller's step window says the actor still runs the trial."""
-    import psutil
-
-    try:
-        title = psutil.Process(pid).cmdline()[0]
-    except (psutil.Error, IndexError):
-        return False
-    return title.startswith("ray::") and not title.startswith("ray::IDLE")
-
-
 def test_killed_trials_resume_from_their_checkpoints(ray_head: str, tmp_path: Path) -> None:
     address = ray_head
     out = tmp_path / "runs"
@@ -117,8 +104,7 @@ def test_killed_trials_resume_from_their_checkpoints(ray_head: str, tmp_path: Pa
         while len(killed) < 3 and time.monotonic() < deadline and sweep.poll() is None:
             for trial_id, row in progress(out / "chaos").items():
                 step, pid = int(row["step"]), int(row["pid"])
-                if trial_id not in killed and 8 <= step < 80 and running_trial_pid(pid) and len(killed) < 3:
-                    os.kill(pid, signal.SIGKILL)
+                if trial_id not in killed and 8 <= step < 80 and len(killed) < 3 and kill_ray_actor(pid):
                     killed[trial_id] = step
             time.sleep(0.5)
         sweep.wait(timeout=600)

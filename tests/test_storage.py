@@ -24,7 +24,7 @@ import pytest
 
 from lora_tune.storage import MANIFEST, StorageError, Store
 from tests.conftest import REPO, recorded_finished
-from tests.procs import run_bounded
+from tests.procs import kill_ray_actor, run_bounded
 from tests.ray_cluster import CLUSTER_TOKEN, LocalCluster, laptop, laptop_env
 from tests.s3_server import S3Server
 
@@ -125,12 +125,9 @@ def kill_a_trial_on(cluster: LocalCluster, store: Store, sweep: str, node: str, 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         for trial_id, row in driver_progress(cluster, sweep).items():
-            if row.get("node_id") == node and 8 <= int(row["step"]) < 48 and has_resume_state(store, row["folder"]):
-                try:
-                    os.kill(int(row["pid"]), signal.SIGKILL)
-                    return trial_id
-                except ProcessLookupError:
-                    continue
+            mid_run = row.get("node_id") == node and 8 <= int(row["step"]) < 48
+            if mid_run and has_resume_state(store, row["folder"]) and kill_ray_actor(int(row["pid"])):
+                return trial_id
         time.sleep(0.3)
     raise AssertionError(f"no trial on that node could be killed mid-run (exit {proc.poll()}); progress: "
                          f"{driver_progress(cluster, sweep)}")
