@@ -21,7 +21,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import load, timed
+from benchmarks.common import load, paired, paired_text, timed
 from benchmarks.parity import FULL, QUICK, lora_tune_losses, trial_config
 
 LRS = (5e-4, 1e-3, 2e-3)
@@ -50,6 +50,17 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda row: row["mean"])
 
 
+def versus(runs: list[dict[str, Any]], on: dict[str, Any], off: dict[str, Any]) -> dict[str, Any] | None:
+    """The final eval loss of point `on` minus point `off` over the seeds both ran (a seed fixes the data and the
+    initial adapter), as common.paired; None when they share no seed."""
+    def finals(point: dict[str, Any]) -> dict[int, float]:
+        return {r["seed"]: r["final"] for r in runs if (r["lr"], r["ratio"]) == (point["lr"], point["ratio"])}
+
+    a, b = finals(on), finals(off)
+    seeds = sorted(a.keys() & b.keys())
+    return paired([a[seed] - b[seed] for seed in seeds]) if seeds else None
+
+
 def _ratio(value: float | None) -> str:
     return "off" if value is None else f"{value:g}"
 
@@ -71,6 +82,9 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["", f"- the best LoRA+ point (lr {best_on['lr']:g}, ratio {best_on['ratio']:g}: "
                       f"{best_on['mean']:.4f}) {verdict} the best single learning rate (lr {best_off['lr']:g}: "
                       f"{best_off['mean']:.4f})"]
+        diff = versus(result.get("runs", []), best_on, best_off)
+        if diff is not None:
+            lines.append(f"- LoRA+ minus the single rate, seed by seed: {paired_text(diff)}")
     return "\n".join(lines) + "\n"
 
 

@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import load, timed
+from benchmarks.common import load, paired, paired_text, timed
 
 # The issue's config: r=8, alpha=16, all-linear, 16-bit, lr 2.58e-3, 30 steps on the dates task.
 FULL = ["peft.r=8", "peft.alpha=16", "peft.target_modules=all-linear", "quant.bits=16", "train.lr=2.58e-3",
@@ -152,22 +152,9 @@ def final_loss(losses: dict[Any, float]) -> float:
     return losses[max(losses, key=int)]
 
 
-# Two-sided 95 % quantiles of Student's t by degrees of freedom (seeds - 1): with few seeds, two standard errors
-# is far too narrow an interval (4 seeds: 3.18). Beyond 10 seeds the 10's value, which errs on the wide side.
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-
-
 def paired_difference(runs: list[dict[str, Any]], a: str, b: str) -> dict[str, Any]:
-    """Arm a's final eval loss minus arm b's, seed by seed (the same seed: the same data and initial adapter): the
-    mean, its standard error and its 95 % interval over the seeds; `within_noise`: the interval holds 0."""
-    diffs = [final_loss(run[a]) - final_loss(run[b]) for run in runs]
-    mean = statistics.mean(diffs)
-    if len(diffs) < 2:
-        return {"mean": mean, "se": None, "interval95": None, "seeds": len(diffs), "within_noise": None}
-    se = statistics.stdev(diffs) / len(diffs) ** 0.5
-    half = T95[min(len(diffs) - 1, 10)] * se
-    return {"mean": mean, "se": se, "interval95": [mean - half, mean + half], "seeds": len(diffs),
-            "within_noise": mean - half <= 0 <= mean + half}
+    """Arm a's final eval loss minus arm b's, seed by seed (common.paired)."""
+    return paired([final_loss(run[a]) - final_loss(run[b]) for run in runs])
 
 
 def summarise(runs: list[dict[str, Any]], arms: tuple[str, ...]) -> dict[str, Any]:
@@ -220,12 +207,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def paired_line(diff: dict[str, Any]) -> str:
-    if diff["se"] is None:
-        return ""
-    low, high = diff["interval95"]
-    verdict = "holds 0: within the seeds' noise" if diff["within_noise"] else "excludes 0"
-    return (f"; final loss difference seed by seed {diff['mean']:+.4f} ± {diff['se']:.4f} (standard error over "
-            f"{diff['seeds']} seeds; 95 % interval [{low:+.4f}, {high:+.4f}] {verdict})")
+    return "" if diff["se"] is None else f"; final loss difference seed by seed {paired_text(diff)}"
 
 
 def main() -> None:

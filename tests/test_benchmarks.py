@@ -203,9 +203,16 @@ def test_the_loraplus_probe_averages_each_point_over_seeds_and_says_whether_lora
     assert [(row["lr"], row["ratio"], row["seeds"]) for row in summary] == [(1e-3, None, 2), (5e-4, 16.0, 1),
                                                                             (1e-3, 16.0, 2)]
     assert summary[0]["mean"] == pytest.approx(0.07) and summary[1]["stdev"] is None
-    table = loraplus.markdown({"overrides": ["max_steps=30"], "summary": summary})
+    table = loraplus.markdown({"overrides": ["max_steps=30"], "runs": runs, "summary": summary})
     assert "| 0.001 | off | 0.0700 | 0.0141 | 2 |" in table and "| 0.0005 | 16 | 0.0750 | — | 1 |" in table
     assert "ratio 16: 0.0750) does not beat the best single learning rate (lr 0.001: 0.0700)" in table
+    assert "seed by seed: +0.0150 (one seed: no interval" in table  # the two points share only seed 0
+    # Two seeds, LoRA+ ahead on both: the means say it beats, the seeds say how surely
+    runs += [run(5e-4, 16.0, 1, 0.07), run(5e-4, 16.0, 2, 0.05), run(1e-3, None, 2, 0.06)]
+    table = loraplus.markdown({"overrides": [], "runs": runs, "summary": loraplus.summarise(runs)})
+    assert "(lr 0.0005, ratio 16: 0.0650) beats the best single learning rate (lr 0.001: 0.0667)" in table
+    assert "seed by seed: -0.0017 ± 0.0083 (standard error over 3 seeds; 95 % interval [-0.0375, +0.0342] " \
+           "holds 0" in table
 
 
 def test_the_parity_summary_pairs_the_arms_seed_by_seed() -> None:
