@@ -164,13 +164,13 @@ def summarise(runs: list[dict[str, Any]], arms: tuple[str, ...]) -> dict[str, An
                for arm, v in finals.items()}
     present = [(key, a, b) for key, a, b in RATIOS if a in summary and b in summary]
     ratios = {key: round(summary[a]["mean"] / summary[b]["mean"], 4) for key, a, b in present}
-    paired = {key: paired_difference(runs, a, b) for key, a, b in present}
+    differences = {key: paired_difference(runs, a, b) for key, a, b in present}
     gaps = [abs(run["lora_tune"][step] - run["hf_same_order"][step]) for run in runs
             if "lora_tune" in run and "hf_same_order" in run for step in run["lora_tune"]]
     ratio = ratios.get("lora_tune_over_hf_mean_final")
     return {"what": "final eval loss (lora_tune's eval_loss) of run_trial vs HF Trainer on the same model, data "
                     "and optimisation, per seed",
-            "final": finals, "summary": summary, "ratio": ratios, "paired_difference": paired,
+            "final": finals, "summary": summary, "ratio": ratios, "paired_difference": differences,
             "same_order_max_gap": max(gaps) if gaps else None,
             "target": "lora_tune's mean final eval loss within 10 % of HF's (ratio <= 1.10)",
             "met": ratio <= 1.10 if ratio is not None else None}
