@@ -228,13 +228,13 @@ def test_a_killed_trial_process_hands_its_workers_cpus_to_its_retry(cluster: Loc
     (row,) = [r for r in csv.DictReader((sweep / "results.csv").open()) if r["role"] == "trial"]
     assert row["status"] == "TERMINATED" and row["steps"] == "60" and row["workers"] == "2"
     assert int(row["failures"]) == 1, row
-    assert_resumed_from_newest_state(int(row["resumed_from_step"]), killed_after, every=4)
+    assert_resumed_from_newest_state(int(row["resumed_from_step"]), killed_after, every=4, max_steps=60)
 
 
-def assert_resumed_from_newest_state(resumed_from: int, newest_at_kill: int, every: int) -> None:
+def assert_resumed_from_newest_state(resumed_from: int, newest_at_kill: int, every: int, max_steps: int) -> None:
     """The retry continued from the newest resumable state (one written after the kill can only be newer: the
     killed process may have finished one more), not from an older one or from step 0."""
-    assert newest_at_kill <= resumed_from < 60 and resumed_from % every == 0, (resumed_from, newest_at_kill)
+    assert newest_at_kill <= resumed_from < max_steps and resumed_from % every == 0, (resumed_from, newest_at_kill)
 
 
 def newest_state_step(manifests: list[str]) -> int:
@@ -292,4 +292,5 @@ def test_a_killed_worker_fails_its_trial_which_resumes_from_its_checkpoint(clust
     (row,) = [r for r in csv.DictReader(io.StringIO(store.read_text("results.csv"))) if r["role"] == "trial"]
     assert row["status"] == "TERMINATED" and row["steps"] == "60" and row["workers"] == "2"
     assert int(row["failures"]) >= 1, row
-    assert_resumed_from_newest_state(int(row["resumed_from_step"]), killed_after, every=8)  # 2 x eval_every
+    every = 8  # train.checkpoint_every null: 2 x eval_every
+    assert_resumed_from_newest_state(int(row["resumed_from_step"]), killed_after, every=every, max_steps=60)
