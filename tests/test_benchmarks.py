@@ -245,11 +245,11 @@ def test_the_parity_summary_pairs_the_arms_seed_by_seed() -> None:
            "[-0.0313, +0.0446] holds 0" in table
 
 
-@pytest.mark.parametrize("stem", ["results", "results_space", "results_parity"])
+@pytest.mark.parametrize("stem", ["results", "results_space", "results_parity", "results_loraplus"])
 def test_each_committed_results_table_is_what_the_code_writes_from_its_json(stem: str, tmp_path: Path) -> None:
     """Every figure of a committed table is written by code: rendering the committed JSON again gives the
     committed markdown exactly (a hand edit, or a table the code no longer writes, fails here)."""
-    from benchmarks import parity, report, space
+    from benchmarks import loraplus, parity, report, space
 
     results = json.loads((BENCHMARKS / f"{stem}.json").read_text())
     if stem == "results":
@@ -257,6 +257,8 @@ def test_each_committed_results_table_is_what_the_code_writes_from_its_json(stem
         rendered = (tmp_path / "results.md").read_text()
     elif stem == "results_space":
         rendered = space.markdown(results)
+    elif stem == "results_loraplus":
+        rendered = loraplus.markdown(results)
     else:
         rendered = parity.markdown(results)
     assert rendered == (BENCHMARKS / f"{stem}.md").read_text()
