@@ -35,6 +35,7 @@ SHARED = ["experiment=tiny", "wandb.mode=disabled", "verbose=0", "data.max_train
           "train.eval_every=4", "peft.target_modules=all-linear", "quant.bits=16", "train.warmup_ratio=0",
           "peft.dropout=0",  # dropout masks are drawn per worker: without it the two runs can match exactly
           "train.precision=fp32"]  # the equivalence tolerances below are fp32 summation-order rounding
+KILL_MAX_STEPS = 60  # the kill tests' trials: long enough to be killed mid-run with steps left to resume
 
 
 def histories(location: str) -> dict[str, list[dict]]:
@@ -211,7 +212,8 @@ def test_a_killed_trial_process_hands_its_workers_cpus_to_its_retry(cluster: Loc
     (tuner.TrainGroupReaper). The session's cluster runs beside this local sweep: with two Ray instances on the
     machine, Ray Train's own cleaner cannot find its instance's state API and removes nothing."""
     sweep = tmp_path / "killed-trial"
-    args = [*SHARED, "max_steps=60", "train.checkpoint_every=4", f"output_dir={tmp_path}", "sweep_name=killed-trial",
+    args = [*SHARED, f"max_steps={KILL_MAX_STEPS}", "train.checkpoint_every=4", f"output_dir={tmp_path}",
+            "sweep_name=killed-trial",
             "resources.workers_per_trial=2", "resources.num_cpus=2", "num_samples=1", "scheduler=fifo",
             "ray.max_failures=1", "peft.r=8", "peft.alpha=16", "train.lr=0.01"]  # 2 CPUs: the group takes both
     log = tmp_path / "sweep.log"
@@ -226,15 +228,15 @@ def test_a_killed_trial_process_hands_its_workers_cpus_to_its_retry(cluster: Loc
         if proc.poll() is None:
             proc.kill()
     (row,) = [r for r in csv.DictReader((sweep / "results.csv").open()) if r["role"] == "trial"]
-    assert row["status"] == "TERMINATED" and row["steps"] == "60" and row["workers"] == "2"
+    assert row["status"] == "TERMINATED" and row["steps"] == str(KILL_MAX_STEPS) and row["workers"] == "2"
     assert int(row["failures"]) == 1, row
-    assert_resumed_from_newest_state(int(row["resumed_from_step"]), killed_after, every=4, max_steps=60)
+    assert_resumed_from_newest_state(int(row["resumed_from_step"]), killed_after, every=4)
 
 
-def assert_resumed_from_newest_state(resumed_from: int, newest_at_kill: int, every: int, max_steps: int) -> None:
+def assert_resumed_from_newest_state(resumed_from: int, newest_at_kill: int, every: int) -> None:
     """The retry continued from the newest resumable state (one written after the kill can only be newer: the
     killed process may have finished one more), not from an older one or from step 0."""
-    assert newest_at_kill <= resumed_from < max_steps and resumed_from % every == 0, (resumed_from, newest_at_kill)
+    assert newest_at_kill <= resumed_from < KILL_MAX_STEPS and resumed_from % every == 0, (resumed_from, newest_at_kill)
 
 
 def newest_state_step(manifests: list[str]) -> int:
@@ -266,7 +268,7 @@ def test_a_killed_worker_fails_its_trial_which_resumes_from_its_checkpoint(clust
                                                                            tmp_path: Path) -> None:
     """The session's two-node cluster (1 CPU a node): the trial's 2 workers spread over both nodes."""
     uri = s3.uri("distributed")
-    args = [*SHARED, "max_steps=60", "sweep_name=killed-worker", "resources.workers_per_trial=2",
+    args = [*SHARED, f"max_steps={KILL_MAX_STEPS}", "sweep_name=killed-worker", "resources.workers_per_trial=2",
             "resources.placement=spread", "num_samples=1", "scheduler=fifo", f"ray.storage_path={uri}",
             f"ray.address={cluster.address}", "peft.r=8", "peft.alpha=16", "train.lr=0.01"]  # every key pinned
     env = {**cluster.env, "HOME": str(tmp_path)}
@@ -290,7 +292,6 @@ def test_a_killed_worker_fails_its_trial_which_resumes_from_its_checkpoint(clust
         if proc.poll() is None:
             proc.kill()
     (row,) = [r for r in csv.DictReader(io.StringIO(store.read_text("results.csv"))) if r["role"] == "trial"]
-    assert row["status"] == "TERMINATED" and row["steps"] == "60" and row["workers"] == "2"
+    assert row["status"] == "TERMINATED" and row["steps"] == str(KILL_MAX_STEPS) and row["workers"] == "2"
     assert int(row["failures"]) >= 1, row
-    every = 8  # train.checkpoint_every null: 2 x eval_every
-    assert_resumed_from_newest_state(int(row["resumed_from_step"]), killed_after, every=every, max_steps=60)
+    assert_resumed_from_newest_state(int(row["resumed_from_step"]), killed_after, every=8)  # 2 x eval_every

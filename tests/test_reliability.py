@@ -93,10 +93,10 @@ def results(sweep_dir: Path) -> list[dict]:
 
 
 def test_killed_trials_resume_from_their_checkpoints(ray_head: str, tmp_path: Path) -> None:
-    address = ray_head
     out = tmp_path / "runs"
     log = tmp_path / "sweep.log"  # a file, not a pipe: a pipe nobody reads blocks the sweep once it is full
-    sweep = subprocess.Popen(sweep_command(out, "num_samples=6", "max_steps=48", f"ray.address={address}"),
+    max_steps = 48  # a trial is killed between its first checkpoint (step 8) and 8 steps before its end
+    sweep = subprocess.Popen(sweep_command(out, "num_samples=6", f"max_steps={max_steps}", f"ray.address={ray_head}"),
                              cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     killed: dict[str, int] = {}
     deadline = time.monotonic() + 300
@@ -104,7 +104,7 @@ def test_killed_trials_resume_from_their_checkpoints(ray_head: str, tmp_path: Pa
         while len(killed) < 3 and time.monotonic() < deadline and sweep.poll() is None:
             for trial_id, row in progress(out / "chaos").items():
                 step, pid = int(row["step"]), int(row["pid"])
-                if trial_id not in killed and 8 <= step < 40 and len(killed) < 3 and kill_ray_actor(pid):
+                if trial_id not in killed and 8 <= step < max_steps - 8 and len(killed) < 3 and kill_ray_actor(pid):
                     killed[trial_id] = step
             time.sleep(0.5)
         sweep.wait(timeout=600)
@@ -114,7 +114,7 @@ def test_killed_trials_resume_from_their_checkpoints(ray_head: str, tmp_path: Pa
     assert len(killed) == 3, f"could not kill 3 running trials: {killed}"
     assert sweep.returncode == 0, log.read_text()[-3000:]
     rows = {r["trial_id"]: r for r in results(out / "chaos")}
-    assert len(rows) == 6 and all(r["status"] == "TERMINATED" and r["steps"] == "48" for r in rows.values())
+    assert len(rows) == 6 and all(r["status"] == "TERMINATED" and r["steps"] == str(max_steps) for r in rows.values())
     for trial_id in killed:
         assert int(rows[trial_id]["resumed_from_step"]) > 0, rows[trial_id]
         assert int(rows[trial_id]["failures"]) >= 1
@@ -170,13 +170,14 @@ def test_losing_a_worker_node_mid_sweep_reschedules_its_trials(tmp_path: Path) -
 
     cluster = start_cluster(nodes=2, cpus_per_node=1, token=secrets.token_hex(16))
     out, log = tmp_path / "runs", tmp_path / "sweep.log"
+    max_steps = 96  # the node dies once a trial on each node is past step 8 and 24 or more steps from its end
     try:
         sweep = subprocess.Popen(
-            sweep_command(out, "num_samples=4", "max_steps=96", f"ray.address=127.0.0.1:{cluster.gcs_port}"),
+            sweep_command(out, "num_samples=4", f"max_steps={max_steps}", f"ray.address=127.0.0.1:{cluster.gcs_port}"),
             cwd=REPO, env=cluster.env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and sweep.poll() is None:
-            running = [r for r in progress(out / "chaos").values() if 8 <= int(r["step"]) < 72]
+            running = [r for r in progress(out / "chaos").values() if 8 <= int(r["step"]) < max_steps - 24]
             if len({r["node_id"] for r in running}) == 2:  # a trial on each node has checkpointed
                 break
             time.sleep(0.5)
@@ -187,7 +188,7 @@ def test_losing_a_worker_node_mid_sweep_reschedules_its_trials(tmp_path: Path) -
         cluster.stop()
     assert sweep.returncode == 0, log.read_text()[-3000:]
     rows = results(out / "chaos")
-    assert len(rows) == 4 and all(r["status"] == "TERMINATED" and r["steps"] == "96" for r in rows)
+    assert len(rows) == 4 and all(r["status"] == "TERMINATED" and r["steps"] == str(max_steps) for r in rows)
     moved = [r for r in rows if int(r["failures"]) >= 1]
     assert moved, "no trial was running on the lost node"
     assert all(r["node_id"] == head_node and int(r["resumed_from_step"]) > 0 for r in moved)
